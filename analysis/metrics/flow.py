@@ -1,0 +1,187 @@
+"""Attention flow: segment budgets, rollout, max-flow and knockout summaries.
+
+Attention patterns are for ONE sample, stacked over layers in TransformerLens' ``hook_pattern``
+layout: ``[layers, heads, q, k]`` (row ``q`` is the softmax distribution of query ``q`` over keys).
+Inputs may be torch tensors (any float dtype or device) or array-likes; outputs are numpy float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+ROLE_NAMES = ("A", "EOS", "B", "PAD")
+HEAD_REDUCTIONS = ("mean", "max", "min")
+
+# networkx's max-flow algorithms are exact on integers only; capacities are scaled to this grid.
+_FLOW_SCALE = 2**40
+
+
+def _np(x) -> np.ndarray:
+    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _patterns(patterns) -> np.ndarray:
+    p = _np(patterns)
+    if p.ndim != 4 or p.shape[-1] != p.shape[-2]:
+        raise ValueError(f"patterns must be [layers, heads, q, k] with q == k, got shape {p.shape}")
+    return p
+
+
+@dataclass(frozen=True)
+class SegmentMass:
+    """Attention mass between groups of positions (roles or finer segments).
+
+    mass: ``[layers, heads, n, n]``; ``mass[l, h, r, s]`` is the mean over queries labelled
+        ``names[r]`` of their summed attention to keys labelled ``names[s]`` (rows sum to 1 for
+        softmax patterns; NaN rows for labels with no position).
+    names: the ``n`` labels: custom segment labels (first-appearance order), then ``ROLE_NAMES``.
+    counts: ``[n]`` number of positions carrying each label.
+    """
+
+    mass: np.ndarray
+    names: tuple[str, ...]
+    counts: np.ndarray
+
+    def as_dict(self) -> dict[tuple[str, str], np.ndarray]:
+        """``{(query_label, key_label): [layers, heads]}`` for every pair of labels."""
+        return {
+            (q, k): self.mass[:, :, i, j]
+            for i, q in enumerate(self.names)
+            for j, k in enumerate(self.names)
+        }
+
+    def budget(self, query: str = "EOS") -> dict[str, np.ndarray]:
+        """How ``query`` positions split their attention per layer, heads averaged:
+        ``{key_label: [layers]}`` over labels present in the sequence (feeds ``plots.segment_budget``)."""
+        i = self.names.index(query)
+        return {
+            k: self.mass[:, :, i, j].mean(axis=1)
+            for j, k in enumerate(self.names)
+            if self.counts[j] > 0
+        }
+
+
+def segment_attention(patterns, roles: Sequence[str], segments: Sequence[str | None] | None = None) -> SegmentMass:
+    """Role-to-role (or segment-to-segment) attention mass per layer and head.
+
+    patterns: ``[layers, heads, q, k]``; a ``[heads, q, k]`` input is one layer (``layers = 1``).
+    roles: length-``q`` sequence of ``ROLE_NAMES``.
+    segments: optional length-``q`` labels overriding ``roles`` where not None, e.g.
+        ``["image", "image", "text", None, ...]`` to split A into image and text tokens.
+    Returns a ``SegmentMass`` with ``mass [layers, heads, n, n]``. B->A is the truncation check:
+    exactly 0 under the bridged masks.
+    """
+    p = _np(patterns)
+    if p.ndim == 3:
+        p = p[None]
+    p = _patterns(p)
+    n_pos = p.shape[-1]
+    roles = list(roles)
+    if len(roles) != n_pos:
+        raise ValueError(f"got {len(roles)} roles for {n_pos} positions")
+    unknown = sorted(set(roles) - set(ROLE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; roles must be in {ROLE_NAMES}")
+    labels = roles
+    if segments is not None:
+        if len(segments) != n_pos:
+            raise ValueError(f"got {len(segments)} segments for {n_pos} positions")
+        labels = [r if s is None else s for r, s in zip(roles, segments)]
+    custom = [lab for lab in dict.fromkeys(labels) if lab not in ROLE_NAMES]
+    names = (*custom, *ROLE_NAMES)
+    onehot = np.array([[lab == name for name in names] for lab in labels], dtype=np.float64)  # [q, n]
+    counts = onehot.sum(axis=0)
+    to_keys = p @ onehot  # [layers, heads, q, n]: summed attention of each query to each group
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mass = np.einsum("qr,lhqs->lhrs", onehot, to_keys) / counts[:, None]
+    return SegmentMass(mass=mass, names=names, counts=counts)
+
+
+def _layer_matrices(patterns, head_reduce: str, add_residual: bool) -> np.ndarray:
+    """``[layers, heads, q, k]`` -> per-layer ``[layers, q, k]`` matrices used by rollout and flow."""
+    if head_reduce not in HEAD_REDUCTIONS:
+        raise ValueError(f"head_reduce must be one of {HEAD_REDUCTIONS}, got {head_reduce!r}")
+    a = getattr(np, head_reduce)(_patterns(patterns), axis=1)
+    if add_residual:
+        a = a + np.eye(a.shape[-1])
+        a = a / a.sum(axis=-1, keepdims=True)
+    return a
+
+
+def attention_rollout(patterns, head_reduce: str = "mean", add_residual: bool = True) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema, 2020): ``[layers, heads, q, k]`` -> ``[q, k]``.
+
+    Per layer the heads are reduced (mean / max / min) and, with ``add_residual``, replaced by
+    ``row_normalise(A + I)``; the result is ``A'_last @ ... @ A'_first``: row ``q`` says how much
+    of position ``q``'s last-layer state comes from each input position.
+    """
+    a = _layer_matrices(patterns, head_reduce, add_residual)
+    joint = np.eye(a.shape[-1])
+    for layer in a:
+        joint = layer @ joint
+    return joint
+
+
+def attention_flow(
+    patterns,
+    target_position: int,
+    source_positions: Sequence[int] | None = None,
+    head_reduce: str = "mean",
+    add_residual: bool = True,
+    max_positions: int = 64,
+) -> np.ndarray:
+    """Attention flow (Abnar & Zuidema, 2020): max-flow from input positions to one output.
+
+    patterns: ``[layers, heads, q, k]``. The graph has a node per (layer boundary, position);
+    the edge from key ``k`` below layer ``l`` to query ``q`` above it has capacity ``A'_l[q, k]``
+    (the matrices of ``attention_rollout``). Returns ``[len(source_positions)]`` (default all
+    ``q`` positions): the max-flow value from each input node to ``target_position`` at the top.
+    """
+    a = _layer_matrices(patterns, head_reduce, add_residual)
+    n_layers, n_pos, _ = a.shape
+    if n_pos > max_positions:
+        raise ValueError(
+            f"attention_flow solves one max-flow problem per source on a graph of {n_layers + 1} x "
+            f"{n_pos} nodes; the sequence has {n_pos} positions, more than max_positions="
+            f"{max_positions}. Use attention_rollout for long sequences, or raise max_positions."
+        )
+    sources = range(n_pos) if source_positions is None else list(source_positions)
+    for pos in [target_position, *sources]:
+        if not 0 <= pos < n_pos:
+            raise ValueError(f"position {pos} is outside the sequence of {n_pos} positions")
+    graph = nx.DiGraph()
+    graph.add_nodes_from((layer, pos) for layer in range(n_layers + 1) for pos in range(n_pos))
+    capacity = np.rint(a * _FLOW_SCALE).astype(np.int64)
+    for layer in range(n_layers):
+        queries, keys = np.nonzero(capacity[layer])
+        graph.add_edges_from(
+            ((layer, int(k)), (layer + 1, int(q)), {"capacity": int(capacity[layer, q, k])})
+            for q, k in zip(queries, keys)
+        )
+    sink = (n_layers, target_position)
+    return np.array([nx.maximum_flow_value(graph, (0, s), sink) / _FLOW_SCALE for s in sources])
+
+
+def knockout_effect(base_embeddings, knocked_embeddings) -> dict[str, np.ndarray | float]:
+    """How far a knockout moves the embeddings: ``[N, d]``, ``[N, d]`` ->
+    ``{"cosine_distance": [N] (1 - cosine per sample), "mean": float}``."""
+    base, knocked = _np(base_embeddings), _np(knocked_embeddings)
+    if base.shape != knocked.shape or base.ndim != 2:
+        raise ValueError(f"expected two [N, d] arrays of one shape, got {base.shape} and {knocked.shape}")
+    cosine = np.sum(base * knocked, axis=1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(knocked, axis=1))
+    distance = 1.0 - cosine
+    return {"cosine_distance": distance, "mean": float(distance.mean())}
+
+
+def retrieval_delta(base_scores: Mapping[str, float], knocked_scores: Mapping[str, float]) -> dict[str, float]:
+    """``{metric: knocked - base}`` for score dicts with the same keys (e.g. Precision@1 per task)."""
+    if set(base_scores) != set(knocked_scores):
+        raise KeyError(f"score keys differ: {sorted(set(base_scores) ^ set(knocked_scores))}")
+    return {k: float(knocked_scores[k]) - float(base_scores[k]) for k in base_scores}

@@ -1,0 +1,81 @@
+"""Embedding-space geometry: alignment, uniformity, effective rank, anisotropy, linear CKA.
+
+Inputs are torch tensors or array-likes; everything is computed in float64 numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _np(x) -> np.ndarray:
+    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _matrix(x, name: str = "x") -> np.ndarray:
+    x = _np(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be [N, d], got shape {x.shape}")
+    return x
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def alignment(x, y, alpha: float = 2) -> float:
+    """Alignment (Wang & Isola, 2020): mean ``||x_i - y_i||^alpha`` of L2-normalised positive
+    pairs ``x [N, d]``, ``y [N, d]`` (rows are normalised here). Lower is better aligned."""
+    x, y = _l2_normalise(_matrix(x, "x")), _l2_normalise(_matrix(y, "y"))
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have one shape, got {x.shape} and {y.shape}")
+    return float(np.mean(np.linalg.norm(x - y, axis=1) ** alpha))
+
+
+def uniformity(x, t: float = 2) -> float:
+    """Uniformity (Wang & Isola, 2020): ``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` of the
+    L2-normalised rows of ``x [N, d]``. Lower is more uniform on the sphere."""
+    x = _l2_normalise(_matrix(x))
+    sq_dist = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
+    i, j = np.triu_indices(len(x), k=1)
+    return float(np.log(np.mean(np.exp(-t * sq_dist[i, j]))))
+
+
+def effective_rank(x) -> float:
+    """Effective rank (Roy & Vetterli, 2007) of ``x [N, d]``: ``exp`` of the Shannon entropy of
+    the singular values normalised to sum 1 (no centring). Between 1 and ``min(N, d)``."""
+    s = np.linalg.svd(_matrix(x), compute_uv=False)
+    p = s[s > 0] / s.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def anisotropy(x) -> float:
+    """Mean cosine similarity over distinct pairs ``i != j`` of the rows of ``x [N, d]``."""
+    x = _l2_normalise(_matrix(x))
+    n = len(x)
+    cos = x @ x.T
+    return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA (Kornblith et al., 2019) of ``x [N, d1]`` and ``y [N, d2]``:
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` on column-centred features."""
+    x, y = _matrix(x, "x"), _matrix(y, "y")
+    if len(x) != len(y):
+        raise ValueError(f"x and y need the same samples, got {len(x)} and {len(y)} rows")
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def cka_matrix(layers_a, layers_b) -> np.ndarray:
+    """Layer-by-layer linear CKA between two checkpoints:
+    ``[N, La, d_a]``, ``[N, Lb, d_b]`` (same N samples) -> ``[La, Lb]``."""
+    a, b = _np(layers_a), _np(layers_b)
+    if a.ndim != 3 or b.ndim != 3:
+        raise ValueError(f"expected [N, layers, d] arrays, got shapes {a.shape} and {b.shape}")
+    return np.array([[linear_cka(a[:, i], b[:, j]) for j in range(b.shape[1])] for i in range(a.shape[1])])

@@ -1,0 +1,309 @@
+"""Every figure of the toolkit, one function each, in one house style.
+
+Each function returns a ``matplotlib.figure.Figure`` built without pyplot (no global figure
+state, nothing to close; it displays once in Jupyter when returned) and takes ``save``: a path
+or path stem; when given, ``<stem>.png`` and ``<stem>.svg`` are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+# Colours of roles and segments, the same in every figure.
+ROLE_COLOURS = {
+    "A": "#4C72B0",
+    "image": "#8172B3",
+    "text": "#64B5CD",
+    "EOS": "#C44E52",
+    "B": "#55A868",
+    "PAD": "#BBBBBB",
+}
+
+HOUSE_STYLE = {
+    **sns.axes_style("ticks"),
+    **sns.plotting_context("notebook", font_scale=0.9),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titleweight": "bold",
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "svg.fonttype": "none",
+}
+
+
+def house_style():
+    """Context manager applying ``HOUSE_STYLE`` (every function here draws inside it)."""
+    return mpl.rc_context(HOUSE_STYLE)
+
+
+def _np(x) -> np.ndarray:
+    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _label_colours(labels: Sequence[Hashable]) -> dict[Hashable, str | tuple]:
+    """Role/segment colours where known, else a seaborn palette in first-appearance order."""
+    unknown = [lab for lab in dict.fromkeys(labels) if lab not in ROLE_COLOURS]
+    palette = dict(zip(unknown, sns.color_palette("Set2", max(len(unknown), 1))))
+    return {lab: ROLE_COLOURS.get(lab, palette.get(lab)) for lab in dict.fromkeys(labels)}
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, save: str | os.PathLike) -> None:
+    """Write ``<stem>.png`` and ``<stem>.svg`` (a ``.png``/``.svg`` suffix on ``save`` is dropped),
+    each to a temporary file in the target directory first, then ``os.replace``."""
+    path = Path(save)
+    stem = path.with_suffix("") if path.suffix.lower() in {".png", ".svg"} else path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for fmt in ("png", "svg"):
+        final = stem.with_name(f"{stem.name}.{fmt}")
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                fig.savefig(fh, format=fmt, bbox_inches="tight")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
+    if save is not None:
+        _save(fig, save)
+    return fig
+
+
+def attention_heatmap(pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None) -> Figure:
+    """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``;
+    roles or segment labels) along the keys (top) and queries (right), and a role legend."""
+    p = _np(pattern)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or len(roles) != p.shape[0]:
+        raise ValueError(f"pattern must be [q, q] with q = len(roles); got {p.shape} and {len(roles)} roles")
+    with house_style():
+        if ax is None:
+            fig, ax = _figure((5.6, 4.8))
+        else:
+            fig = ax.figure
+        im = ax.imshow(p, cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="attention", pad=0.08)
+        colours = _label_colours(roles)
+        band = np.array([to_rgb(colours[r]) for r in roles])[None]  # [1, q, 3]
+        for bounds, image in (([0, 1.01, 1, 0.035], band), ([1.01, 0, 0.035, 1], band.transpose(1, 0, 2))):
+            band_ax = ax.inset_axes(bounds)
+            band_ax.imshow(image, aspect="auto", interpolation="nearest")
+            band_ax.set_axis_off()
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+        ax.set_title(title, pad=14)
+        handles = [Patch(color=c, label=r) for r, c in colours.items()]
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(handles), frameon=False)
+        return _finish(fig, save)
+
+
+def rollout_on_image(scores, grid_hw: tuple[int, int], image=None, title: str = "EOS attention on image", save=None) -> Figure:
+    """EOS rollout/attention onto the image tokens ``[h * w]`` shown on the merged patch grid
+    ``grid_hw = (h, w)``, overlaid on ``image`` (PIL image or ``[H, W(, C)]`` array) when given."""
+    s = _np(scores).reshape(-1)
+    h, w = grid_hw
+    if s.size != h * w:
+        raise ValueError(f"{s.size} scores do not fill a {h}x{w} grid")
+    with house_style():
+        fig, ax = _figure((4.4, 4.0))
+        if image is None:
+            im = ax.imshow(s.reshape(h, w), cmap="inferno", interpolation="nearest")
+        else:
+            pixels = np.asarray(image)
+            extent = (0, pixels.shape[1], pixels.shape[0], 0)
+            ax.imshow(pixels, extent=extent)
+            im = ax.imshow(s.reshape(h, w), cmap="inferno", alpha=0.55, extent=extent, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="attention")
+        ax.set_axis_off()
+        ax.set_title(title)
+        return _finish(fig, save)
+
+
+def segment_budget(
+    budget: Mapping[str, Sequence[float]] | np.ndarray,
+    names: Sequence[str] | None = None,
+    title: str = "EOS attention budget",
+    save=None,
+) -> Figure:
+    """Stacked bars per layer of how the EOS attention splits over segments.
+
+    budget: ``{segment: [layers]}`` (e.g. ``SegmentMass.budget("EOS")``) or ``[layers, n_segments]``
+    with ``names`` (length ``n_segments``).
+    """
+    if isinstance(budget, Mapping):
+        names = list(budget)
+        values = np.stack([_np(budget[k]).reshape(-1) for k in names])
+    else:
+        values = _np(budget).T
+        if names is None or len(names) != values.shape[0]:
+            raise ValueError(f"an array budget [layers, n_segments={values.shape[0]}] needs as many names")
+    values = np.nan_to_num(values)  # [n_segments, layers]
+    layers = np.arange(values.shape[1])
+    colours = _label_colours(names)
+    with house_style():
+        fig, ax = _figure((5.6, 3.6))
+        bottom = np.zeros(len(layers))
+        for name, row in zip(names, values):
+            ax.bar(layers, row, bottom=bottom, color=colours[name], label=name, width=0.8)
+            bottom += row
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of attention")
+        ax.set_ylim(0, max(1.0, float(bottom.max())))
+        ax.set_title(title)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return _finish(fig, save)
+
+
+def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes per layer", save=None) -> Figure:
+    """Cross-validated probe accuracy per layer (line, ±1 sd band) and control-task accuracy
+    (dashed) for each entry of ``results`` (``{attribute or checkpoint: LayerProbe results}``);
+    entries ``{"skipped": reason}`` are listed under the plot."""
+    shown = {k: r for k, r in results.items() if "skipped" not in r}
+    if not shown:
+        raise ValueError("no probe results to plot: every entry was skipped")
+    with house_style():
+        fig, ax = _figure((5.6, 3.8))
+        for (name, res), colour in zip(shown.items(), sns.color_palette("tab10", len(shown))):
+            acc, sd = np.asarray(res["accuracy"]), np.asarray(res["accuracy_std"])
+            layers = np.arange(len(acc))
+            ax.plot(layers, acc, marker="o", color=colour, label=name)
+            ax.fill_between(layers, acc - sd, acc + sd, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(layers, np.asarray(res["control"]), linestyle="--", color=colour)
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="control task"))
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_xticks(np.arange(max(len(r["accuracy"]) for r in shown.values())))
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("CV accuracy")
+        ax.set_title(title)
+        skipped = [f"{k} ({r['skipped']})" for k, r in results.items() if "skipped" in r]
+        if skipped:
+            fig.text(0.01, -0.02, "skipped: " + "; ".join(skipped), fontsize=7, va="top")
+        return _finish(fig, save)
+
+
+def umap_scatter(embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None) -> Figure:
+    """2-D UMAP (cosine metric) of ``embeddings [N, d]`` coloured by ``labels [N]``.
+    The coordinates ``[N, 2]`` are stored on the figure as ``fig.cocoa_coords``."""
+    import umap  # slow to import; only here
+
+    x = _np(embeddings)
+    labels = [str(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+    if len(labels) != len(x):
+        raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), metric="cosine", random_state=seed)
+    coords = reducer.fit_transform(x)
+    with house_style():
+        fig, ax = _figure((5.2, 4.2))
+        sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=labels, ax=ax, s=18, linewidth=0, palette="tab10" if len(set(labels)) <= 10 else "husl")
+        sns.move_legend(ax, "center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+        ax.set_title(title)
+        fig.cocoa_coords = coords
+        return _finish(fig, save)
+
+
+def cka_heatmap(matrix, names: tuple[str, str] = ("a", "b"), title: str = "Linear CKA", save=None) -> Figure:
+    """Layer-by-layer CKA ``[La, Lb]`` between checkpoints ``names[0]`` (rows) and ``names[1]``
+    (columns); cells annotated when both sides have at most 12 layers."""
+    m = _np(matrix)
+    with house_style():
+        fig, ax = _figure((5.0, 4.2))
+        sns.heatmap(m, ax=ax, vmin=0, vmax=1, cmap="magma", annot=max(m.shape) <= 12, fmt=".2f", cbar_kws={"label": "CKA"})
+        ax.set_ylabel(f"{names[0]} layer")
+        ax.set_xlabel(f"{names[1]} layer")
+        ax.set_title(title)
+        return _finish(fig, save)
+
+
+def ablation_heatmap(
+    table: Mapping[tuple[str, float], float | tuple[float, float]] | np.ndarray,
+    row_labels: Sequence | None = None,
+    col_labels: Sequence | None = None,
+    sd=None,
+    value_name: str = "P@1",
+    title: str = "Ablation",
+    save=None,
+) -> Figure:
+    """Mask type x recon weight grid annotated ``mean±sd``; NaN or missing cells grey with "—".
+
+    table: ``{(mask_type, recon_weight): mean or (mean, sd)}`` (rows in first-appearance order,
+    columns sorted), or a ``[rows, cols]`` array of means with ``row_labels``, ``col_labels``
+    and optionally ``sd [rows, cols]``.
+    """
+    if isinstance(table, Mapping):
+        row_labels = list(dict.fromkeys(k[0] for k in table))
+        col_labels = sorted(dict.fromkeys(k[1] for k in table))
+        cells = {k: tuple(v) if isinstance(v, (tuple, list)) else (v, np.nan) for k, v in table.items()}
+        pairs = np.array([[cells.get((r, c), (np.nan, np.nan)) for c in col_labels] for r in row_labels], dtype=np.float64)
+        means, sds = pairs[..., 0], pairs[..., 1]
+    else:
+        means = _np(table)
+        sds = np.full_like(means, np.nan) if sd is None else _np(sd)
+        row_labels = list(range(means.shape[0])) if row_labels is None else list(row_labels)
+        col_labels = list(range(means.shape[1])) if col_labels is None else list(col_labels)
+    text = np.array([
+        [f"{m:.2f}" + ("" if np.isnan(s) else f"±{s:.2f}") for m, s in zip(mrow, srow)]
+        for mrow, srow in zip(means, sds)
+    ])
+    missing = np.isnan(means)
+    with house_style():
+        fig, ax = _figure((1.3 * len(col_labels) + 2.4, 0.6 * len(row_labels) + 1.6))
+        ax.set_facecolor("#DDDDDD")
+        sns.heatmap(means, mask=missing, annot=text, fmt="", cmap="crest", ax=ax, xticklabels=col_labels, yticklabels=row_labels, cbar_kws={"label": value_name})
+        for i, j in zip(*np.nonzero(missing)):
+            ax.text(j + 0.5, i + 0.5, "—", ha="center", va="center", color="#555555")
+        ax.set_xlabel("recon weight λ")
+        ax.set_ylabel("mask type")
+        ax.set_title(title)
+        return _finish(fig, save)
+
+
+def loss_curves(
+    curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
+    title: str = "Training loss",
+    logy: bool = False,
+    save=None,
+) -> Figure:
+    """One line per curve: ``{name: values}`` (steps 0, 1, ...) or ``{name: (steps, values)}``."""
+    with house_style():
+        fig, ax = _figure((5.6, 3.6))
+        for name, curve in curves.items():
+            if isinstance(curve, tuple) and len(curve) == 2 and np.ndim(curve[0]) == 1:
+                steps, values = _np(curve[0]), _np(curve[1])
+            else:
+                values = _np(curve)
+                steps = np.arange(len(values))
+            ax.plot(steps, values, label=name)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend(frameon=False)
+        return _finish(fig, save)
