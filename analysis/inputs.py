@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from analysis.data.items import Item
-from analysis.masks import A, B, EOS, PAD, additive_mask, rope_position_ids
+from analysis.masks import EOS, PAD, A, B, additive_mask, rope_position_ids
 from analysis.models import EMBED_TOKEN, IMAGE_PAD, VISION_END, VISION_START
 
 

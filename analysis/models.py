@@ -51,8 +51,9 @@ def build_tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, eos_token=EMBED_TOKEN,
-        mask_token=MASK_TOKEN, extra_special_tokens={"image_token": IMAGE_PAD, "video_token": VIDEO_PAD,
-                                                     "vision_start_token": VISION_START, "vision_end_token": VISION_END},
+        mask_token=MASK_TOKEN,
+        extra_special_tokens={"image_token": IMAGE_PAD, "video_token": VIDEO_PAD,
+                              "vision_start_token": VISION_START, "vision_end_token": VISION_END},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[3:])})
     return tokenizer

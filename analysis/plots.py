@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from analysis.metrics.arrays import as_numpy
+
 # Colours of roles and segments, the same in every figure.
 ROLE_COLOURS = {
     "A": "#4C72B0",
@@ -46,13 +48,6 @@ HOUSE_STYLE = {
 def house_style():
     """Context manager applying ``HOUSE_STYLE`` (every function here draws inside it)."""
     return mpl.rc_context(HOUSE_STYLE)
-
-
-def _np(x) -> np.ndarray:
-    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _label_colours(labels: Sequence[Hashable]) -> dict[Hashable, str | tuple]:
@@ -90,10 +85,12 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def attention_heatmap(pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None) -> Figure:
+def attention_heatmap(
+    pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None
+) -> Figure:
     """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``;
     roles or segment labels) along the keys (top) and queries (right), and a role legend."""
-    p = _np(pattern)
+    p = as_numpy(pattern)
     if p.ndim != 2 or p.shape[0] != p.shape[1] or len(roles) != p.shape[0]:
         raise ValueError(f"pattern must be [q, q] with q = len(roles); got {p.shape} and {len(roles)} roles")
     with house_style():
@@ -117,10 +114,12 @@ def attention_heatmap(pattern, roles: Sequence[str], title: str = "Attention", a
         return _finish(fig, save)
 
 
-def rollout_on_image(scores, grid_hw: tuple[int, int], image=None, title: str = "EOS attention on image", save=None) -> Figure:
+def rollout_on_image(
+    scores, grid_hw: tuple[int, int], image=None, title: str = "EOS attention on image", save=None
+) -> Figure:
     """EOS rollout/attention onto the image tokens ``[h * w]`` shown on the merged patch grid
     ``grid_hw = (h, w)``, overlaid on ``image`` (PIL image or ``[H, W(, C)]`` array) when given."""
-    s = _np(scores).reshape(-1)
+    s = as_numpy(scores).reshape(-1)
     h, w = grid_hw
     if s.size != h * w:
         raise ValueError(f"{s.size} scores do not fill a {h}x{w} grid")
@@ -133,7 +132,7 @@ def rollout_on_image(scores, grid_hw: tuple[int, int], image=None, title: str = 
             extent = (0, pixels.shape[1], pixels.shape[0], 0)
             ax.imshow(pixels, extent=extent)
             im = ax.imshow(s.reshape(h, w), cmap="inferno", alpha=0.55, extent=extent, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="attention")
+        fig.colorbar(im, ax=ax, label="attention").solids.set_alpha(1.0)
         ax.set_axis_off()
         ax.set_title(title)
         return _finish(fig, save)
@@ -152,9 +151,9 @@ def segment_budget(
     """
     if isinstance(budget, Mapping):
         names = list(budget)
-        values = np.stack([_np(budget[k]).reshape(-1) for k in names])
+        values = np.stack([as_numpy(budget[k]).reshape(-1) for k in names])
     else:
-        values = _np(budget).T
+        values = as_numpy(budget).T
         if names is None or len(names) != values.shape[0]:
             raise ValueError(f"an array budget [layers, n_segments={values.shape[0]}] needs as many names")
     values = np.nan_to_num(values)  # [n_segments, layers]
@@ -204,20 +203,23 @@ def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes p
         return _finish(fig, save)
 
 
-def umap_scatter(embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None) -> Figure:
+def umap_scatter(
+    embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None
+) -> Figure:
     """2-D UMAP (cosine metric) of ``embeddings [N, d]`` coloured by ``labels [N]``.
     The coordinates ``[N, 2]`` are stored on the figure as ``fig.cocoa_coords``."""
     import umap  # slow to import; only here
 
-    x = _np(embeddings)
+    x = as_numpy(embeddings)
     labels = [str(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
     if len(labels) != len(x):
         raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), metric="cosine", random_state=seed)
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), metric="cosine", random_state=seed, n_jobs=1)
     coords = reducer.fit_transform(x)
     with house_style():
         fig, ax = _figure((5.2, 4.2))
-        sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=labels, ax=ax, s=18, linewidth=0, palette="tab10" if len(set(labels)) <= 10 else "husl")
+        palette = "tab10" if len(set(labels)) <= 10 else "husl"
+        sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=labels, ax=ax, s=18, linewidth=0, palette=palette)
         sns.move_legend(ax, "center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -231,10 +233,11 @@ def umap_scatter(embeddings, labels: Sequence[Hashable], title: str = "UMAP", se
 def cka_heatmap(matrix, names: tuple[str, str] = ("a", "b"), title: str = "Linear CKA", save=None) -> Figure:
     """Layer-by-layer CKA ``[La, Lb]`` between checkpoints ``names[0]`` (rows) and ``names[1]``
     (columns); cells annotated when both sides have at most 12 layers."""
-    m = _np(matrix)
+    m = as_numpy(matrix)
     with house_style():
         fig, ax = _figure((5.0, 4.2))
-        sns.heatmap(m, ax=ax, vmin=0, vmax=1, cmap="magma", annot=max(m.shape) <= 12, fmt=".2f", cbar_kws={"label": "CKA"})
+        annotate = max(m.shape) <= 12
+        sns.heatmap(m, ax=ax, vmin=0, vmax=1, cmap="magma", annot=annotate, fmt=".2f", cbar_kws={"label": "CKA"})
         ax.set_ylabel(f"{names[0]} layer")
         ax.set_xlabel(f"{names[1]} layer")
         ax.set_title(title)
@@ -260,11 +263,12 @@ def ablation_heatmap(
         row_labels = list(dict.fromkeys(k[0] for k in table))
         col_labels = sorted(dict.fromkeys(k[1] for k in table))
         cells = {k: tuple(v) if isinstance(v, (tuple, list)) else (v, np.nan) for k, v in table.items()}
-        pairs = np.array([[cells.get((r, c), (np.nan, np.nan)) for c in col_labels] for r in row_labels], dtype=np.float64)
+        missing_cell = (np.nan, np.nan)
+        pairs = np.array([[cells.get((r, c), missing_cell) for c in col_labels] for r in row_labels], dtype=np.float64)
         means, sds = pairs[..., 0], pairs[..., 1]
     else:
-        means = _np(table)
-        sds = np.full_like(means, np.nan) if sd is None else _np(sd)
+        means = as_numpy(table)
+        sds = np.full_like(means, np.nan) if sd is None else as_numpy(sd)
         row_labels = list(range(means.shape[0])) if row_labels is None else list(row_labels)
         col_labels = list(range(means.shape[1])) if col_labels is None else list(col_labels)
     text = np.array([
@@ -275,7 +279,10 @@ def ablation_heatmap(
     with house_style():
         fig, ax = _figure((1.3 * len(col_labels) + 2.4, 0.6 * len(row_labels) + 1.6))
         ax.set_facecolor("#DDDDDD")
-        sns.heatmap(means, mask=missing, annot=text, fmt="", cmap="crest", ax=ax, xticklabels=col_labels, yticklabels=row_labels, cbar_kws={"label": value_name})
+        sns.heatmap(
+            means, mask=missing, annot=text, fmt="", cmap="crest", ax=ax,
+            xticklabels=col_labels, yticklabels=row_labels, cbar_kws={"label": value_name},
+        )
         for i, j in zip(*np.nonzero(missing)):
             ax.text(j + 0.5, i + 0.5, "—", ha="center", va="center", color="#555555")
         ax.set_xlabel("recon weight λ")
@@ -295,9 +302,9 @@ def loss_curves(
         fig, ax = _figure((5.6, 3.6))
         for name, curve in curves.items():
             if isinstance(curve, tuple) and len(curve) == 2 and np.ndim(curve[0]) == 1:
-                steps, values = _np(curve[0]), _np(curve[1])
+                steps, values = as_numpy(curve[0]), as_numpy(curve[1])
             else:
-                values = _np(curve)
+                values = as_numpy(curve)
                 steps = np.arange(len(values))
             ax.plot(steps, values, label=name)
         if logy:

@@ -109,7 +109,8 @@ def _shape_ground(rng: random.Random, split: str, negatives: bool) -> Example:
     m, image = scene.main, shapes.render(scene)
 
     def region(img: Image.Image, key_scene: shapes.Scene, obj: shapes.ShapeObject) -> Item:
-        return Item("", shapes.crop(img, shapes.cell_box(obj), CROP_SIZE), key=f"crop:{key_scene.caption()}:{obj.position}")
+        key = f"crop:{key_scene.caption()}:{obj.position}"
+        return Item("", shapes.crop(img, shapes.cell_box(obj), CROP_SIZE), key=key)
 
     candidates = [region(image, scene, m)]
     if negatives:
@@ -120,7 +121,8 @@ def _shape_ground(rng: random.Random, split: str, negatives: bool) -> Example:
             if item.key not in {c.key for c in candidates}:
                 candidates.append(item)
         taken = {(o.row, o.column) for o in scene.objects}
-        empty = [shapes.ShapeObject(m.colour, m.shape, m.size, r, c) for r in ROWS for c in COLUMNS if (r, c) not in taken]
+        empty = [shapes.ShapeObject(m.colour, m.shape, m.size, r, c)
+                 for r in ROWS for c in COLUMNS if (r, c) not in taken]
         while len(candidates) < N_NEGATIVES + 1:
             candidates.append(region(image, scene, empty.pop(rng.randrange(len(empty)))))
         candidates = candidates[: N_NEGATIVES + 1]
@@ -145,7 +147,8 @@ def _digit_ground(rng: random.Random, split: str, negatives: bool) -> Example:
     key = "digits:" + ",".join(map(str, chosen))
     candidates = [Item("", shapes.crop(canvas, boxes[target], CROP_SIZE), key=f"{key}:{target}")]
     if negatives:
-        candidates += [Item("", shapes.crop(canvas, boxes[i], CROP_SIZE), key=f"{key}:{i}") for i in range(3) if i != target]
+        candidates += [Item("", shapes.crop(canvas, boxes[i], CROP_SIZE), key=f"{key}:{i}")
+                       for i in range(3) if i != target]
         while len(candidates) < N_NEGATIVES + 1:
             other = int(rng.choice(pool))
             if labels[other] != labels[chosen[target]] and f"digit:{other}" not in {c.key for c in candidates}:

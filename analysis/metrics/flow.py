@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from analysis.metrics.arrays import as_numpy
+
 ROLE_NAMES = ("A", "EOS", "B", "PAD")
 HEAD_REDUCTIONS = ("mean", "max", "min")
 
@@ -20,15 +22,8 @@ HEAD_REDUCTIONS = ("mean", "max", "min")
 _FLOW_SCALE = 2**40
 
 
-def _np(x) -> np.ndarray:
-    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _patterns(patterns) -> np.ndarray:
-    p = _np(patterns)
+    p = as_numpy(patterns)
     if p.ndim != 4 or p.shape[-1] != p.shape[-2]:
         raise ValueError(f"patterns must be [layers, heads, q, k] with q == k, got shape {p.shape}")
     return p
@@ -78,7 +73,7 @@ def segment_attention(patterns, roles: Sequence[str], segments: Sequence[str | N
     Returns a ``SegmentMass`` with ``mass [layers, heads, n, n]``. B->A is the truncation check:
     exactly 0 under the bridged masks.
     """
-    p = _np(patterns)
+    p = as_numpy(patterns)
     if p.ndim == 3:
         p = p[None]
     p = _patterns(p)
@@ -172,7 +167,7 @@ def attention_flow(
 def knockout_effect(base_embeddings, knocked_embeddings) -> dict[str, np.ndarray | float]:
     """How far a knockout moves the embeddings: ``[N, d]``, ``[N, d]`` ->
     ``{"cosine_distance": [N] (1 - cosine per sample), "mean": float}``."""
-    base, knocked = _np(base_embeddings), _np(knocked_embeddings)
+    base, knocked = as_numpy(base_embeddings), as_numpy(knocked_embeddings)
     if base.shape != knocked.shape or base.ndim != 2:
         raise ValueError(f"expected two [N, d] arrays of one shape, got {base.shape} and {knocked.shape}")
     cosine = np.sum(base * knocked, axis=1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(knocked, axis=1))

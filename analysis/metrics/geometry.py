@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _np(x) -> np.ndarray:
-    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+from analysis.metrics.arrays import as_numpy
 
 
 def _matrix(x, name: str = "x") -> np.ndarray:
-    x = _np(x)
+    x = as_numpy(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be [N, d], got shape {x.shape}")
     return x
@@ -75,7 +70,7 @@ def linear_cka(x, y) -> float:
 def cka_matrix(layers_a, layers_b) -> np.ndarray:
     """Layer-by-layer linear CKA between two checkpoints:
     ``[N, La, d_a]``, ``[N, Lb, d_b]`` (same N samples) -> ``[La, Lb]``."""
-    a, b = _np(layers_a), _np(layers_b)
+    a, b = as_numpy(layers_a), as_numpy(layers_b)
     if a.ndim != 3 or b.ndim != 3:
         raise ValueError(f"expected [N, layers, d] arrays, got shapes {a.shape} and {b.shape}")
     return np.array([[linear_cka(a[:, i], b[:, j]) for j in range(b.shape[1])] for i in range(a.shape[1])])

@@ -16,12 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-
-def _np(x) -> np.ndarray:
-    """Torch tensor (any float dtype, any device) or array-like -> float64 numpy array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+from analysis.metrics.arrays import as_numpy
 
 
 def _encode(values) -> tuple[np.ndarray, list[Hashable]]:
@@ -66,7 +61,10 @@ class LayerProbe(BaseEstimator):
     seed: seeds the fold shuffling and the control labels.
     """
 
-    def __init__(self, cv: int = 5, C: float = 1.0, max_iter: int = 1000, control: bool = True, grouped: bool = True, seed: int = 0):
+    def __init__(
+        self, cv: int = 5, C: float = 1.0, max_iter: int = 1000, control: bool = True, grouped: bool = False,
+        seed: int = 0,
+    ):
         self.cv = cv
         self.C = C
         self.max_iter = max_iter
@@ -78,7 +76,7 @@ class LayerProbe(BaseEstimator):
         """states ``[N, layers, d]`` (e.g. per-layer EOS states); labels ``[N]`` (any hashables);
         types ``[N]`` optional sample types (caption, scene id); without them every sample is its
         own type. Sets ``classes_`` and ``results_`` (see ``score``)."""
-        x = _np(states)
+        x = as_numpy(states)
         if x.ndim != 3:
             raise ValueError(f"states must be [N, layers, d], got shape {x.shape}")
         y, self.classes_ = _encode(labels)
@@ -103,7 +101,8 @@ class LayerProbe(BaseEstimator):
 
         accuracy = cv_accuracy(y)
         if self.control:
-            rng = np.random.default_rng(self.seed)
+            # [seed, 1], not seed: control labels must not replay labels drawn with default_rng(seed)
+            rng = np.random.default_rng([self.seed, 1])
             control = cv_accuracy(rng.integers(0, len(self.classes_), size=type_codes.max() + 1)[type_codes])
         else:
             control = np.full_like(accuracy, np.nan)
@@ -150,7 +149,7 @@ def mean_pool(states_tokens, roles: Sequence[str] | Sequence[Sequence[str]], rol
     states_tokens: ``[N, L, d]`` or a list of ``[L_i, d]``; roles: one length-``L`` sequence
     shared by all samples, or one sequence per sample. Returns ``[N, d]``.
     """
-    samples = [_np(s) for s in states_tokens]
+    samples = [as_numpy(s) for s in states_tokens]
     per_sample = [roles] * len(samples) if isinstance(roles[0], str) else list(roles)
     if len(per_sample) != len(samples):
         raise ValueError(f"{len(samples)} samples but {len(per_sample)} role sequences")

@@ -7,16 +7,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+from analysis.metrics.arrays import as_numpy
 
 
 def cosine_scores(query, candidates) -> np.ndarray:
     """Cosine similarity of query `[N, d]` to its candidates `[N, C, d]` -> `[N, C]`."""
-    q, c = _numpy(query), _numpy(candidates)
+    q, c = as_numpy(query), as_numpy(candidates)
     if q.ndim != 2 or c.ndim != 3 or c.shape[0] != q.shape[0] or c.shape[2] != q.shape[1]:
         raise ValueError(f"expected query [N, d] and candidates [N, C, d]; got {q.shape} and {c.shape}")
     q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)

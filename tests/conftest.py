@@ -1,0 +1,22 @@
+"""Shared fixtures: offline Hugging Face, deterministic single-process torch, tiny models built once."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from analysis.models import TINY_BACKBONES, build_tiny  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", params=TINY_BACKBONES)
+def tiny(request):
+    """(name, model, processor) for each embedded backbone, random weights, eager attention."""
+    model, processor = build_tiny(request.param, seed=0)
+    return request.param, model, processor

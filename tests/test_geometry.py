@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.metrics.geometry import alignment, anisotropy, cka_matrix, effective_rank, linear_cka, uniformity
+
+
+def _cka_gram(x, y):
+    """CKA through Gram matrices and an explicit centring matrix H (Kornblith et al., eq. 1-3)."""
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    gram_x, gram_y = x @ x.T, y @ y.T
+
+    def hsic(a, b):
+        return np.trace(a @ h @ b @ h)
+
+    return hsic(gram_x, gram_y) / math.sqrt(hsic(gram_x, gram_x) * hsic(gram_y, gram_y))
+
+
+def test_cka_identity_invariances_and_gram_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    y = x @ rng.normal(size=(6, 9)) + 0.5 * rng.normal(size=(40, 9))
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, y) == pytest.approx(_cka_gram(x, y), rel=1e-10)
+    assert linear_cka(3.7 * x @ q, y) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert linear_cka(x + 5.0, y) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert 0.0 < linear_cka(x, y) < 1.0
+    assert linear_cka(torch.tensor(x, dtype=torch.float32), y) == pytest.approx(linear_cka(x, y), rel=1e-5)
+
+
+def test_cka_matrix():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(30, 3, 5))
+    b = rng.normal(size=(30, 2, 7))
+    m = cka_matrix(a, b)
+    assert m.shape == (3, 2)
+    assert m[2, 1] == pytest.approx(_cka_gram(a[:, 2], b[:, 1]))
+    np.testing.assert_allclose(np.diag(cka_matrix(a, a)), 1.0)
+
+
+def test_alignment_and_uniformity_by_hand():
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    y = np.array([[0.0, 3.0], [0.0, 1.0]])  # normalised to [0, 1]: distances sqrt(2) and 0
+    assert alignment(x, y) == pytest.approx(1.0)
+    assert alignment(x, y, alpha=1) == pytest.approx(math.sqrt(2) / 2)
+    pts = np.array([[2.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # squared distances 4, 2, 2
+    assert uniformity(pts) == pytest.approx(math.log((math.exp(-8) + 2 * math.exp(-4)) / 3))
+    assert uniformity(pts, t=1) == pytest.approx(math.log((math.exp(-4) + 2 * math.exp(-2)) / 3))
+
+
+def test_effective_rank():
+    assert effective_rank(np.eye(6)) == pytest.approx(6.0)
+    rng = np.random.default_rng(2)
+    assert effective_rank(np.outer(rng.normal(size=20), rng.normal(size=8))) == pytest.approx(1.0)
+    assert 7.9 < effective_rank(rng.normal(size=(4000, 8))) <= 8.0
+
+
+def test_anisotropy():
+    assert anisotropy(np.tile([[1.0, 2.0, 3.0]], (5, 1))) == pytest.approx(1.0)
+    assert anisotropy(np.array([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-1.0)
+    assert anisotropy(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])) == pytest.approx(math.sqrt(2) / 3)

@@ -1,0 +1,135 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from analysis import plots
+
+ROLES = ["A", "A", "A", "EOS", "B", "B", "PAD"]
+
+
+def _assert_written(stem):
+    png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert b"<svg" in svg.read_bytes()[:2000]
+    assert not [p for p in stem.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _pattern(n, seed=0):
+    e = np.exp(np.random.default_rng(seed).normal(size=(n, n)))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_attention_heatmap(tmp_path):
+    fig = plots.attention_heatmap(torch.tensor(_pattern(7)), ROLES, save=tmp_path / "new" / "dir" / "attn")
+    assert isinstance(fig, Figure)
+    _assert_written(tmp_path / "new" / "dir" / "attn")
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["A", "EOS", "B", "PAD"]
+    host = Figure()
+    axes = host.subplots(1, 2)
+    assert plots.attention_heatmap(_pattern(7), ROLES, ax=axes[1]) is host
+    with pytest.raises(ValueError, match="7 roles"):
+        plots.attention_heatmap(_pattern(6), ROLES)
+
+
+def test_save_with_suffix_writes_both_formats(tmp_path):
+    plots.loss_curves({"a": [3.0, 2.0, 1.5]}, save=tmp_path / "loss.png")
+    _assert_written(tmp_path / "loss")
+    plots.loss_curves({"a": [3.0, 2.0]}, save=str(tmp_path / "run.v2"))  # not an image suffix: a stem
+    _assert_written(tmp_path / "run.v2")
+
+
+def test_rollout_on_image(tmp_path):
+    scores = np.random.default_rng(0).random(12)
+    plots.rollout_on_image(scores, (3, 4), save=tmp_path / "grid")
+    _assert_written(tmp_path / "grid")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    fig = plots.rollout_on_image(scores, (3, 4), image=image, save=tmp_path / "overlay")
+    _assert_written(tmp_path / "overlay")
+    assert len(fig.axes[0].images) == 2
+    with pytest.raises(ValueError, match="3x5 grid"):
+        plots.rollout_on_image(scores, (3, 5))
+
+
+def test_segment_budget(tmp_path):
+    budget = {"image": [0.5, 0.4, 0.3], "text": [0.3, 0.3, 0.3], "EOS": [0.2, 0.3, 0.4]}
+    fig = plots.segment_budget(budget, save=tmp_path / "budget_dict")
+    _assert_written(tmp_path / "budget_dict")
+    assert len(fig.axes[0].patches) == 9
+    plots.segment_budget(np.array(list(budget.values())).T, names=list(budget), save=tmp_path / "budget_arr")
+    _assert_written(tmp_path / "budget_arr")
+    with pytest.raises(ValueError, match="names"):
+        plots.segment_budget(np.ones((3, 2)))
+
+
+def test_probing_curves(tmp_path):
+    res = {
+        "accuracy": np.array([0.4, 0.9, 0.5]), "accuracy_std": np.array([0.05, 0.02, 0.04]),
+        "control": np.array([0.33, 0.35, 0.3]), "control_std": np.zeros(3),
+        "selectivity": np.array([0.07, 0.55, 0.2]), "chance": 0.34,
+    }
+    fig = plots.probing_curves({"colour": res, "size": {"skipped": "fewer than 2 classes"}}, save=tmp_path / "probe")
+    _assert_written(tmp_path / "probe")
+    assert len(fig.axes[0].lines) == 2  # accuracy + control of the one attribute shown
+    with pytest.raises(ValueError, match="skipped"):
+        plots.probing_curves({"size": {"skipped": "fewer than 2 classes"}})
+
+
+def test_umap_scatter(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["red", "green", "blue"], 20)
+    centres = {"red": 0, "green": 1, "blue": 2}
+    x = rng.normal(size=(60, 16)) * 0.2
+    x[np.arange(60), [centres[c] for c in labels]] += 3.0
+    fig = plots.umap_scatter(x, labels, seed=0, save=tmp_path / "umap")
+    _assert_written(tmp_path / "umap")
+    assert fig.cocoa_coords.shape == (60, 2) and np.isfinite(fig.cocoa_coords).all()
+    centroids = {c: fig.cocoa_coords[labels == c].mean(axis=0) for c in centres}
+    spread = max(np.linalg.norm(fig.cocoa_coords[labels == c] - centroids[c], axis=1).mean() for c in centres)
+    gap = min(np.linalg.norm(centroids[a] - centroids[b]) for a in centres for b in centres if a != b)
+    assert gap > spread  # three well-separated clusters stay separated
+
+
+def test_cka_heatmap(tmp_path):
+    plots.cka_heatmap(np.random.default_rng(0).random((4, 3)), names=("causal", "bridged"), save=tmp_path / "cka")
+    _assert_written(tmp_path / "cka")
+
+
+def test_ablation_heatmap(tmp_path):
+    table = {
+        ("causal", 0.0): (0.62, 0.03), ("causal", 1.0): (0.55, 0.04),
+        ("eos_bridged", 0.0): (0.60, 0.02), ("eos_bridged", 0.5): 0.64,
+    }
+    fig = plots.ablation_heatmap(table, save=tmp_path / "ablation")
+    _assert_written(tmp_path / "ablation")
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"0.62±0.03", "0.64", "—"} <= texts
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.0", "0.5", "1.0"]
+    means = np.array([[0.5, np.nan], [0.7, 0.8]])
+    sd = np.full((2, 2), 0.01)
+    fig = plots.ablation_heatmap(means, ["causal", "bidirectional"], [0.0, 1.0], sd=sd, save=tmp_path / "arr")
+    _assert_written(tmp_path / "arr")
+    assert sum(t.get_text() == "—" for t in fig.axes[0].texts) == 1
+
+
+def test_loss_curves(tmp_path):
+    curves = {"recon": [3.0, 2.0, 1.0], "infonce": ([0, 10, 20], [4.0, 3.5, 3.0])}
+    fig = plots.loss_curves(curves, logy=True, save=tmp_path / "loss")
+    _assert_written(tmp_path / "loss")
+    np.testing.assert_array_equal(fig.axes[0].lines[1].get_xdata(), [0, 10, 20])
+
+
+def test_save_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    fig = plots.loss_curves({"a": [1.0, 0.5]})
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plots._save(fig, tmp_path / "loss")
+    assert os.listdir(tmp_path) == []
