@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 
+from analysis import study
+from analysis.lens import command as lens_command
 from analysis.masks import MASK_TYPES
+from analysis.train import command as train_command
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -36,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=100, help="queries per dataset")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
+    for module in (train_command, lens_command, study):
+        module.register(sub)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,18 @@ def eos_states(model, batch: Batch, mask_type: str, dtype: torch.dtype | None = 
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.eos_index]
 
 
+StatesFn = Callable[..., torch.Tensor]  # (model, batch, mask_type) -> [B, d], e.g. eos_states
+
+
 @torch.no_grad()
 def embed_items(model, processor, items: Sequence[Item], mask_type: str = "causal", batch_size: int = 64,
-                normalize: bool = True, progress: bool = False, desc: str = "embed") -> torch.Tensor:
-    """Embed `items` (each distinct `key` once), in order: float32 `[N, d_model]` on the CPU."""
+                normalize: bool = True, progress: bool = False, desc: str = "embed",
+                states_fn: StatesFn = eos_states) -> torch.Tensor:
+    """Embed `items` (each distinct `key` once), in order: float32 `[N, d_model]` on the CPU.
+
+    `states_fn(model, batch, mask_type)` computes the EOS states of a batch (swap it to intervene,
+    e.g. an attention knockout).
+    """
     device = next(model.parameters()).device
     unique = list({it.key: it for it in items}.values())
     # similar lengths together: images first, then by text length
@@ -31,7 +39,7 @@ def embed_items(model, processor, items: Sequence[Item], mask_type: str = "causa
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = [unique[i] for i in order[start:start + batch_size]]
         batch = encode(processor, model, chunk).to(device)
-        states = eos_states(model, batch, mask_type).float()
+        states = states_fn(model, batch, mask_type).float()
         if normalize:
             states = F.normalize(states, dim=-1)
         vectors.update(zip((it.key for it in chunk), states.cpu()))

@@ -7,15 +7,19 @@ from typing import Sequence
 import torch
 
 from analysis.data.items import EvalDataset
-from analysis.embed import embed_items
+from analysis.embed import StatesFn, embed_items, eos_states
 from analysis.metrics.retrieval import mmeb_scores, precision_at_1
 
 
 def evaluate(model, processor, datasets: Sequence[EvalDataset], mask_type: str = "causal", batch_size: int = 64,
-             progress: bool = False) -> dict:
-    """`{"datasets": [{dataset, meta_task, split, negatives, score, n}], **mmeb_scores(...)}`."""
+             progress: bool = False, states_fn: StatesFn = eos_states) -> dict:
+    """`{"datasets": [{dataset, meta_task, split, negatives, score, n}], **mmeb_scores(...)}`.
+
+    `states_fn` computes a batch's EOS states (see `analysis.embed.embed_items`).
+    """
     items = [it for d in datasets for ex in d.examples for it in (ex.query, *ex.candidates)]
-    vectors = embed_items(model, processor, items, mask_type, batch_size, progress=progress, desc="mini-MMEB")
+    vectors = embed_items(model, processor, items, mask_type, batch_size, progress=progress, desc="mini-MMEB",
+                          states_fn=states_fn)
     by_key = {it.key: v for it, v in zip(items, vectors)}
     records = []
     for d in datasets:

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from analysis.data.vocabulary import WORDS
+from analysis.io import write_json
 
 TINY_BACKBONES = ("tiny-qwen2.5-vl", "tiny-qwen2-vl")
 MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
@@ -120,9 +121,7 @@ def save_checkpoint(model, processor, path: str | Path, extra: dict[str, object]
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
     for filename, obj in (extra or {}).items():
-        tmp = path / f".{filename}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-        tmp.replace(path / filename)
+        write_json(path / filename, obj)
     return path
 
 

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from analysis.models import TINY_BACKBONES, build_tiny  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny models: more threads only add overhead
 
 
 @pytest.fixture(scope="session", params=TINY_BACKBONES)

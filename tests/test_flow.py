@@ -8,6 +8,7 @@ from analysis.metrics.flow import (
     attention_rollout,
     knockout_effect,
     retrieval_delta,
+    row_budget,
     segment_attention,
 )
 
@@ -175,3 +176,12 @@ def test_knockout_effect_and_retrieval_delta():
     assert delta == {"p@1": pytest.approx(-0.1), "hard": 0.0}
     with pytest.raises(KeyError, match="hard"):
         retrieval_delta({"p@1": 0.6, "hard": 0.2}, {"p@1": 0.5})
+
+
+def test_row_budget_sums_keys_per_segment():
+    rows = np.array([[[0.5, 0.25, 0.25], [0.0, 0.5, 0.5]]])  # 1 layer, 2 heads, 3 keys
+    budget = row_budget(rows, ["image", "text", "image"])
+    assert budget["image"] == pytest.approx([0.625])  # heads: 0.75 and 0.5
+    assert budget["text"] == pytest.approx([0.375])
+    with pytest.raises(ValueError, match="3 segments"):
+        row_budget(rows[0], ["image", "text", "image"])

@@ -180,3 +180,16 @@ def retrieval_delta(base_scores: Mapping[str, float], knocked_scores: Mapping[st
     if set(base_scores) != set(knocked_scores):
         raise KeyError(f"score keys differ: {sorted(set(base_scores) ^ set(knocked_scores))}")
     return {k: float(knocked_scores[k]) - float(base_scores[k]) for k in base_scores}
+
+
+def row_budget(rows, segments: Sequence[str]) -> dict[str, np.ndarray]:
+    """How one query row splits its attention over key segments, per layer, heads averaged.
+
+    rows: ``[layers, heads, k]`` (e.g. the EOS row of every layer); segments: length-``k`` key labels.
+    Returns ``{label: [layers]}`` for every label present (values sum to 1 over labels for softmax rows).
+    """
+    r = as_numpy(rows)
+    if r.ndim != 3 or r.shape[-1] != len(segments):
+        raise ValueError(f"rows must be [layers, heads, k] with k = {len(segments)} segments; got shape {r.shape}")
+    labels = np.asarray(list(segments))
+    return {lab: r[:, :, labels == lab].sum(axis=-1).mean(axis=1) for lab in dict.fromkeys(segments)}

@@ -1,0 +1,248 @@
+"""Capture: run one checkpoint over a dataset under one or more mask types, through TransformerLens hooks.
+
+Per sample it keeps the EOS residual stream at every layer (`blocks.0.hook_resid_pre`, then each
+`blocks.{l}.hook_resid_post`; raw, no final norm), the final-norm EOS state (`ln_final.hook_out`: the
+embedding before L2 normalisation), attention pattern rows from `blocks.{l}.attn.hook_pattern`, every
+position's token, role and image flag, and the sample's labels and metadata. Results stream to disk in
+shards (see `analysis.lens.store`); the model is loaded and booted once for all mask types.
+
+Pattern rows (`patterns=`): "eos" the EOS query row, "eos+b" the EOS row then every B row, "full" all
+rows, "none" nothing. Stored keys are the sample's own (non-PAD) positions.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from analysis.inputs import Batch, encode
+from analysis.lens.bridge import boot, check_hook_names
+from analysis.lens.sources import samples
+from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
+from analysis.lens.validate import check_batch
+from analysis.masks import PAD, A, B, check_mask_type
+from analysis.models import TINY_BACKBONES, build_tiny, load_checkpoint
+
+
+def check_patterns(patterns: str) -> str:
+    if patterns not in PATTERNS:
+        raise ValueError(f"unknown patterns option {patterns!r}; valid: {', '.join(PATTERNS)}")
+    return patterns
+
+
+def residual_hooks(n_layers: int) -> list[str]:
+    """The EOS residual stream's hook names: embeddings, then the output of each block."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+
+
+def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0):
+    """`(model, processor, name, owned)` from a checkpoint directory, a tiny backbone name or `(model, processor)`.
+
+    `owned` is True when the model was loaded here (so booting may wrap it in place).
+    """
+    if isinstance(checkpoint, tuple):
+        if dtype is not None or device is not None:
+            raise ValueError("dtype / device apply when loading a checkpoint; move a given model yourself first")
+        model, processor = checkpoint
+        return model, processor, f"<in-memory {type(model).__name__}>", False
+    if str(checkpoint) in TINY_BACKBONES:
+        model, processor = build_tiny(str(checkpoint), seed=seed)
+        model = model.to(device or "cpu", dtype=_dtype(dtype) or torch.float32)
+        return model, processor, f"{checkpoint} (random init, seed {seed})", True
+    model, processor = load_checkpoint(checkpoint, dtype=_dtype(dtype) or torch.float32, device=device or "cpu")
+    return model, processor, str(Path(checkpoint).resolve()), True
+
+
+def _recipe(checkpoint) -> dict | None:
+    """The training recipe a checkpoint directory carries (`recipe.json`), if any."""
+    path = Path(checkpoint) / "recipe.json" if isinstance(checkpoint, (str, Path)) else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _query_index(batch: Batch, patterns: str) -> tuple[torch.Tensor, list[int]]:
+    """Pattern rows to keep: `[B, Q]` query positions (padded with the EOS position) and how many are real."""
+    eos = batch.eos_index[:, None]
+    if patterns != "eos+b":
+        return eos, [1] * len(eos)
+    length = batch.roles.shape[1]
+    is_b = batch.roles == B
+    positions = torch.arange(length, device=eos.device).expand_as(batch.roles)
+    b_positions = torch.where(is_b, positions, length).sort(dim=1).values[:, :int(is_b.sum(1).max())]
+    index = torch.cat([eos, torch.where(b_positions == length, eos, b_positions)], dim=1)
+    return index, (is_b.sum(1) + 1).tolist()
+
+
+class Recorder:
+    """TransformerLens hooks that keep, per sample, the rows that matter; installed once, `run` per batch."""
+
+    def __init__(self, bridge: TransformerBridge, patterns: str = "eos", hooks: Sequence[str] = ()):
+        self.bridge, self.patterns, self.hooks = bridge, check_patterns(patterns), list(hooks)
+        n_layers = bridge.cfg.n_layers
+        self.resid_names = residual_hooks(n_layers)
+        self.pattern_names = [] if patterns == "none" else [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
+        self.state_names = list(dict.fromkeys(self.resid_names + ["ln_final.hook_out"] + self.hooks))
+        self.stored: dict[str, torch.Tensor] = {}
+        self._rows = self._eos = self._query_index = self._shape = None
+
+    def _at_eos(self, name: str):
+        def hook(tensor: torch.Tensor, hook) -> None:
+            if tensor.shape[:2] != self._shape or name.endswith(("hook_pattern", "hook_attn_scores")):
+                raise ValueError(f"hook {name} has shape {tuple(tensor.shape)}, not [batch, pos, ...]: capture stores "
+                                 f"activations at the EOS position, so pick a hook on the text stream")
+            self.stored[name] = tensor[self._rows, self._eos]
+            if name in self.resid_names:  # mean over content (A) positions: the mean-pooling reference
+                self.stored[f"content:{name}"] = (tensor * self._content[..., None]).sum(1) / self._content.sum(1, True)
+        return hook
+
+    def _pattern_rows(self, name: str):
+        def hook(tensor: torch.Tensor, hook) -> None:  # [batch, heads, q, k]
+            self.stored[name] = tensor if self.patterns == "full" else tensor[self._rows[:, None], :, self._query_index]
+        return hook
+
+    @contextmanager
+    def installed(self):
+        fwd_hooks = [(n, self._at_eos(n)) for n in self.state_names] + [(n, self._pattern_rows(n))
+                                                                        for n in self.pattern_names]
+        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+            yield self
+
+    @torch.no_grad()
+    def run(self, batch: Batch, mask_type: str) -> list[dict]:
+        """Forward `batch` under `mask_type` (inside `installed()`); per sample a dict of numpy arrays."""
+        check_mask_type(mask_type)
+        model = self.bridge.original_model
+        check_batch(model, batch)
+        param = next(model.parameters())
+        batch = batch.to(param.device)
+        pad = batch.roles == PAD
+        if (pad[:, :-1] & ~pad[:, 1:]).any():
+            raise ValueError("the batch has PAD before content: capture expects right padding, as "
+                             "analysis.inputs.encode makes")
+        self._shape = tuple(batch.input_ids.shape)
+        self._rows, self._eos = torch.arange(self._shape[0], device=param.device), batch.eos_index
+        self._content = (batch.roles == A).to(param.dtype)
+        self._query_index, n_queries = _query_index(batch, self.patterns)
+        self.stored = {}
+        inputs = batch.model_inputs(mask_type, param.dtype)
+        self.bridge(inputs.pop("input_ids"), return_type=None, logits_to_keep=1, **inputs)
+        missing = [n for n in self.state_names + self.pattern_names if n not in self.stored]
+        if missing:
+            raise RuntimeError(f"hooks {missing} did not fire: install them with Recorder.installed(); attention "
+                               f"patterns need attn_implementation='eager'")
+        return self._split(batch, (~pad).sum(1).tolist(), n_queries)
+
+    def _split(self, batch: Batch, lengths: list[int], n_queries: list[int]) -> list[dict]:
+        def numpy(names: list[str]) -> np.ndarray:
+            return torch.stack([self.stored[n] for n in names], 1).float().cpu().numpy()
+
+        resid = numpy(self.resid_names)
+        content = numpy([f"content:{n}" for n in self.resid_names])
+        final = self.stored["ln_final.hook_out"].float().cpu().numpy()
+        extra = {h: self.stored[h].float().cpu().numpy() for h in self.hooks}
+        pattern = numpy(self.pattern_names) if self.pattern_names else None  # [B, layers, (heads, L | Q, heads), L]
+        tokens = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "roles", "is_image")}
+        queries, eos_index = self._query_index.cpu().numpy(), batch.eos_index.tolist()
+        out = []
+        for i, n in enumerate(lengths):
+            sample = dict(eos_resid=resid[i], content_mean=content[i], eos_final=final[i], eos_index=eos_index[i],
+                          hooks={h: a[i] for h, a in extra.items()}, pattern=None, query_positions=None,
+                          **{k: v[i, :n] for k, v in tokens.items()})
+            if self.patterns == "full":
+                sample.update(pattern=np.ascontiguousarray(pattern[i, :, :, :n, :n]), query_positions=np.arange(n))
+            elif pattern is not None:
+                q = n_queries[i]
+                sample.update(pattern=np.ascontiguousarray(pattern[i, :, :q, :, :n].transpose(0, 2, 1, 3)),
+                              query_positions=queries[i, :q])
+            out.append(sample)
+        return out
+
+
+def run_batch(bridge: TransformerBridge, batch: Batch, mask_type: str, patterns: str = "eos",
+              hooks: Sequence[str] = ()) -> list[dict]:
+    """Forward one batch under `mask_type` through the bridge; per sample a dict of numpy arrays.
+
+    Keys: eos_resid `[layers+1, d]`, content_mean `[layers+1, d]` (mean over A positions), eos_final `[d]`,
+    eos_index, input_ids / roles / is_image `[L_i]`, pattern `[layers, heads, rows, L_i]` (None for "none"),
+    query_positions `[rows]`, hooks `{name: [...]}`.
+    """
+    recorder = Recorder(bridge, patterns, hooks)
+    with recorder.installed():
+        return recorder.run(batch, mask_type)
+
+
+def capture(checkpoint, dataset, mask_types: str | Iterable[str] = ("causal",), out_dir: str | Path = "captures", *,
+            n: int | None = None, seed: int = 0, with_target: bool = False, patterns: str = "eos",
+            hooks: Sequence[str] = (), batch_size: int = 16, shard_size: int = 512,
+            dtype: torch.dtype | str | None = None, device: str | None = None, copy: bool = True,
+            progress: bool = False) -> dict[str, Capture]:
+    """Capture `checkpoint` over `dataset` under each mask type into `out_dir/<mask type>/`: `{mask: Capture}`.
+
+    checkpoint: a checkpoint directory, a tiny backbone name (random init, `seed`) or `(model, processor)`;
+        `dtype` / `device` apply when loading. A given model is deep-copied before booting unless
+        `copy=False` (then it is wrapped in place: see `analysis.lens.bridge`).
+    dataset: "mini-mmeb", "shapes", "digits" (`n` samples, default 2000) or a list of Examples /
+        EvalDatasets / Items (see `analysis.lens.sources`).
+    with_target: put the sample's target text (the positive candidate's) as the B segment.
+    hooks: extra hook names stored at the EOS position. Rerunning with the same settings resumes.
+    """
+    masks = list(dict.fromkeys(mask_types.split(",") if isinstance(mask_types, str) else mask_types))
+    if not masks:
+        raise ValueError("no mask type given; valid mask types: causal, bidirectional, eos_bridged, eos_bridged_strict")
+    for mask_type in masks:
+        check_mask_type(mask_type)
+    check_patterns(patterns)
+    name, total, stream = samples(dataset, n, seed, with_target)
+    model, processor, checkpoint_name, owned = open_model(checkpoint, dtype, device, seed)
+    bridge = boot(model, processor, copy=copy and not owned)
+    model = bridge.original_model
+    hooks = check_hook_names(bridge, hooks)
+    cfg = bridge.cfg
+    meta = dict(format=FORMAT, checkpoint=checkpoint_name, backbone=model.config.model_type, dataset=name, seed=seed,
+                n=total, with_target=with_target, patterns=patterns, hooks=list(hooks),
+                dtype=str(next(model.parameters()).dtype).removeprefix("torch."), n_layers=cfg.n_layers,
+                n_heads=cfg.n_heads, d_model=cfg.d_model, eos_resid_hooks=residual_hooks(cfg.n_layers),
+                eos_final_hook="ln_final.hook_out",
+                final_norm="eos_resid is the raw residual (no final norm); eos_final is the final-norm EOS state, "
+                           "the embedding before L2 normalisation",
+                checkpoint_recipe=_recipe(checkpoint))
+    out_dir = Path(out_dir)
+    writers = {m: ShardWriter(out_dir / m, dict(meta, mask_type=m), shard_size) for m in masks}
+    # restart at a batch boundary: batches (and so padding and numerics) match an uninterrupted run
+    start = min(w.n_done for w in writers.values()) // batch_size * batch_size
+    position = start
+    recorder = Recorder(bridge, patterns, hooks)
+    with tqdm(total=total, initial=start, desc="capture", disable=not progress) as bar, recorder.installed():
+        for chunk in _batched(islice(stream, start, None), batch_size):
+            targets = [s.target or "" for s in chunk] if with_target else None
+            batch = encode(processor, model, [s.item for s in chunk], targets)
+            records = [dict(key=s.item.key, text=s.item.text, has_image=s.item.image is not None,
+                            target=targets[k] if targets else None, has_b=bool((batch.roles[k] == B).any()),
+                            labels=s.labels, meta=s.meta) for k, s in enumerate(chunk)]
+            for mask_type, writer in writers.items():
+                todo = [k for k in range(len(chunk)) if position + k >= writer.n_done]
+                if todo:
+                    captured = recorder.run(batch, mask_type)
+                    for k in todo:
+                        writer.add(dict(captured[k], record=records[k]))
+            position += len(chunk)
+            bar.update(len(chunk))
+    for writer in writers.values():
+        writer.finish()
+    return {m: Capture.open(out_dir / m) for m in masks}
+
+
+def _batched(stream, size: int):
+    while chunk := list(islice(stream, size)):
+        yield chunk

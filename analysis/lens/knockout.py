@@ -1,0 +1,123 @@
+"""Attention knockout (Geva et al., 2023): cut attention edges between groups of positions in chosen layers.
+
+An edge `(query_group, key_group)`, e.g. `("EOS", "image")`, stops every query of the first group from
+attending to any key of the second, in the chosen layers, on top of the mask type. Groups are the
+roles `A`, `EOS`, `B` and the two parts of A, `image` and `text`. A position always keeps its own key,
+so no softmax row is ever empty.
+
+Mechanism: the chosen layers' attention modules get a forward pre-hook that adds `finfo.min` to the
+blocked entries of the additive mask they receive (the pre-softmax scores), so the softmax gives those
+edges exactly zero weight. TransformerLens' `hook_attn_scores` cannot do this for Qwen2(.5)-VL: their
+mRoPE attention stays Hugging Face-native and the bridge fires that hook after the fact, discarding
+edits. Works on a plain Hugging Face model and on a bridged one (`bridge.original_model`) alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator, Sequence
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from analysis.data.items import EvalDataset, Item
+from analysis.embed import embed_items, eos_states
+from analysis.evaluate import evaluate
+from analysis.inputs import Batch
+from analysis.lens.validate import check_batch
+from analysis.masks import EOS, A, B, check_mask_type
+
+GROUPS = ("A", "EOS", "B", "image", "text")
+Edge = tuple[str, str]
+
+
+def _hf(model) -> torch.nn.Module:
+    return model.original_model if isinstance(model, TransformerBridge) else model
+
+
+def group_positions(batch: Batch, group: str) -> torch.Tensor:
+    """BoolTensor `[B, L]`: the positions of `group` (a role, or `image` / `text` within A)."""
+    roles, image = batch.roles, batch.is_image
+    if group == "image":
+        return image & (roles == A)
+    if group == "text":
+        return ~image & (roles == A)
+    if group in ("A", "EOS", "B"):
+        return roles == {"A": A, "EOS": EOS, "B": B}[group]
+    raise ValueError(f"unknown knockout group {group!r}; valid groups: {', '.join(GROUPS)}")
+
+
+def blocked(batch: Batch, edges: Sequence[Edge]) -> torch.Tensor:
+    """BoolTensor `[B, L, L]`: True where query q may no longer attend key k (the diagonal never)."""
+    size, length = batch.roles.shape
+    out = torch.zeros(size, length, length, dtype=torch.bool, device=batch.roles.device)
+    for edge in edges:
+        if len(edge) != 2:
+            raise ValueError(f"an edge is (query_group, key_group), e.g. ('EOS', 'image'); got {edge!r}")
+        query, key = (group_positions(batch, g) for g in edge)
+        out |= query[:, :, None] & key[:, None, :]
+    return out & ~torch.eye(length, dtype=torch.bool, device=out.device)
+
+
+def _attention_modules(model) -> list[torch.nn.Module]:
+    return [layer.self_attn for layer in _hf(model).model.language_model.layers]
+
+
+@contextmanager
+def knockout(model, batch: Batch, edges: Sequence[Edge], layers: Sequence[int] | None = None) -> Iterator[None]:
+    """Within the block, forwards of `batch` through `model` run with `edges` cut in `layers` (default all)."""
+    modules = _attention_modules(model)
+    n = len(modules)
+    layers = range(n) if layers is None else list(layers)
+    bad = [layer for layer in layers if not -n <= layer < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: this checkpoint has {n} layers (0..{n - 1})")
+    cut = blocked(batch.to(next(_hf(model).parameters()).device), edges)[:, None]  # [B, 1, L, L]
+
+    def add_cut(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.shape[-2:] != cut.shape[-2:] or not mask.is_floating_point():
+            raise RuntimeError("knockout needs the additive 4D float mask of Batch.model_inputs "
+                               f"[batch, 1, {cut.shape[-1]}, {cut.shape[-1]}]; got "
+                               f"{None if mask is None else (tuple(mask.shape), mask.dtype)}")
+        kwargs["attention_mask"] = mask.masked_fill(cut, torch.finfo(mask.dtype).min)
+        return args, kwargs
+
+    handles = [modules[layer].register_forward_pre_hook(add_cut, with_kwargs=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def knockout_eos_states(model, batch: Batch, mask_type: str, edges: Sequence[Edge],
+                        layers: Sequence[int] | None = None) -> torch.Tensor:
+    """Final-norm EOS states `[B, d]` with `edges` cut in `layers` (`edges=()` gives `eos_states` exactly)."""
+    check_mask_type(mask_type)
+    check_batch(_hf(model), batch)
+    with knockout(model, batch, edges, layers):
+        return eos_states(_hf(model), batch, mask_type)
+
+
+def _knocked(edges: Sequence[Edge], layers: Sequence[int] | None):
+    """A `states_fn` for `embed_items` / `evaluate` that cuts `edges` in `layers`."""
+    return partial(knockout_eos_states, edges=edges, layers=layers)
+
+
+def knockout_embed_items(model, processor, items: Sequence[Item], mask_type: str, edges: Sequence[Edge],
+                         layers: Sequence[int] | None = None, batch_size: int = 64,
+                         normalize: bool = True) -> torch.Tensor:
+    """`embed_items` with a knockout: float32 `[N, d]` on the CPU, each distinct key embedded once."""
+    return embed_items(_hf(model), processor, items, mask_type, batch_size, normalize,
+                       states_fn=_knocked(edges, layers))
+
+
+def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type: str = "causal",
+                      edges: Sequence[Edge] = (), layers: Sequence[int] | None = None,
+                      batch_size: int = 64) -> dict:
+    """mini-MMEB P@1 with `edges` cut in `layers`; the same dict as `analysis.evaluate.evaluate`."""
+    result = evaluate(_hf(model), processor, datasets, mask_type, batch_size, states_fn=_knocked(edges, layers))
+    result["knockout"] = {"edges": [list(e) for e in edges], "layers": None if layers is None else list(layers)}
+    return result

@@ -1,0 +1,282 @@
+"""On-disk capture: shards of numpy arrays plus a JSON index; reopened lazily as memory maps.
+
+One directory per (checkpoint, dataset, mask type):
+
+  index.json            metadata (checkpoint, mask type, dataset, shapes, notes) + the list of complete shards
+  shard-00000/          `n` samples, `T` tokens (their non-PAD positions), `P` stored pattern values
+    eos_resid.npy       float32 [n, layers+1, d]  EOS residual: embeddings, then after each block (no final norm)
+    content_mean.npy    float32 [n, layers+1, d]  residual averaged over the content (A) positions, same layers
+    eos_final.npy       float32 [n, d]            final-norm EOS state = the embedding before L2 normalisation
+    eos_index.npy       int32   [n]
+    token_offsets.npy   int64   [n+1]  sample i owns tokens [o[i], o[i+1]) of:
+    input_ids.npy       int32   [T]
+    roles.npy           int8    [T]    A=0, EOS=1, B=2 (PAD is never stored)
+    is_image.npy        bool    [T]
+    query_offsets.npy   int64   [n+1]  sample i's pattern rows are queries query_positions[q[i]:q[i+1]]
+    query_positions.npy int32   [Q]
+    pattern_offsets.npy int64   [n+1]  sample i's patterns are patterns[p[i]:p[i+1]] as [layers, heads, rows, L_i]
+    patterns.npy        float32 [P]
+    hook.<name>.npy     float32 [n, ...]  extra hooks, at the EOS position
+    records.json        per sample: key, text, target, has_b, labels, meta
+
+Shards are written to a temporary directory and renamed; the index is rewritten (temp + rename) after
+each shard, so an interrupted capture keeps every complete shard and resumes after the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from analysis.io import write_json
+from analysis.masks import ROLES
+
+FORMAT = "cocoa-lens-capture/1"
+PATTERNS = ("eos", "eos+b", "full", "none")  # pattern rows kept: EOS, EOS then B, all, none
+INDEX = "index.json"
+SHARD = re.compile(r"^\.?shard-\d{5}(\.tmp)?$")
+# Settings that fix which samples land where: resuming under different ones would mix two captures.
+RESUME_KEYS = ("format", "checkpoint", "mask_type", "dataset", "seed", "n", "with_target", "patterns", "hooks",
+               "dtype")
+BRIDGED = ("eos_bridged", "eos_bridged_strict")
+
+
+class ShardWriter:
+    """Appends captured samples to `directory`; resumes a partial capture.
+
+    A shard closes at `shard_size` samples or `shard_bytes` of arrays, whichever comes first, which
+    bounds memory (full patterns of a 2B model are ~100 MB per sample).
+    """
+
+    def __init__(self, directory: str | Path, meta: dict, shard_size: int = 512, shard_bytes: int = 256 << 20):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.shard_bytes = shard_size, shard_bytes
+        self.buffer: list[dict] = []
+        self._buffer_bytes = 0
+        index_path = self.directory / INDEX
+        if index_path.is_file():
+            self.index = json.loads(index_path.read_text())
+            for key in RESUME_KEYS:
+                if self.index.get(key) != meta.get(key):
+                    raise ValueError(
+                        f"{self.directory} holds a capture with {key}={self.index.get(key)!r}, not {meta.get(key)!r}: "
+                        f"rerun with the same settings to resume it, or choose another output directory")
+        else:
+            self.index = dict(meta, n_done=0, n_with_b=0, complete=False, shards=[])
+        self._remove_strays()
+
+    @property
+    def n_done(self) -> int:
+        return self.index["n_done"] + len(self.buffer)
+
+    def _remove_strays(self) -> None:
+        """Shards not in the index (a crash between rename and index update) and temporary directories."""
+        listed = {s["name"] for s in self.index["shards"]}
+        for path in self.directory.iterdir():
+            if path.is_dir() and SHARD.match(path.name) and path.name not in listed:
+                shutil.rmtree(path)
+
+    def add(self, sample: dict) -> None:
+        self.buffer.append(sample)
+        self._buffer_bytes += sum(a.nbytes for a in _arrays_of(sample))
+        if len(self.buffer) >= self.shard_size or self._buffer_bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"shard-{len(self.index['shards']):05d}"
+        tmp = self.directory / f".{name}.tmp"
+        tmp.mkdir()
+        for field, array in _shard_arrays(self.buffer).items():
+            np.save(tmp / f"{field}.npy", array)
+        (tmp / "records.json").write_text(json.dumps([s["record"] for s in self.buffer]))
+        os.replace(tmp, self.directory / name)
+        n_with_b = sum(s["record"]["has_b"] for s in self.buffer)
+        self.index["shards"].append({"name": name, "n": len(self.buffer)})
+        self.index["n_done"] += len(self.buffer)
+        self.index["n_with_b"] += n_with_b
+        self.index["b_segment"] = _b_note(self.index)
+        self.buffer, self._buffer_bytes = [], 0
+        self.write_index()
+
+    def finish(self) -> None:
+        self.flush()
+        self.index["complete"] = self.index["n_done"] >= self.index["n"]
+        self.write_index()
+
+    def write_index(self) -> None:
+        write_json(self.directory / INDEX, self.index)
+
+
+def _arrays_of(sample: dict) -> list[np.ndarray]:
+    arrays = [sample["eos_resid"], sample["content_mean"], sample["input_ids"], *sample["hooks"].values()]
+    return arrays + ([sample["pattern"]] if sample["pattern"] is not None else [])
+
+
+def _b_note(index: dict) -> str:
+    missing, mask = index["n_done"] - index["n_with_b"], index["mask_type"]
+    if not missing:
+        return "every sample has a B segment"
+    what = "no sample has" if missing == index["n_done"] else f"{missing} of {index['n_done']} samples have no"
+    if mask in BRIDGED:
+        return f"{what} B segment: for those, {mask} equals bidirectional"
+    return f"{what} B segment"
+
+
+def _offsets(sizes: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+
+def _shard_arrays(samples: list[dict]) -> dict[str, np.ndarray]:
+    arrays = {
+        "eos_resid": np.stack([s["eos_resid"] for s in samples]).astype(np.float32),
+        "content_mean": np.stack([s["content_mean"] for s in samples]).astype(np.float32),
+        "eos_final": np.stack([s["eos_final"] for s in samples]).astype(np.float32),
+        "eos_index": np.array([s["eos_index"] for s in samples], dtype=np.int32),
+        "token_offsets": _offsets([len(s["roles"]) for s in samples]),
+        "input_ids": np.concatenate([s["input_ids"] for s in samples]).astype(np.int32),
+        "roles": np.concatenate([s["roles"] for s in samples]).astype(np.int8),
+        "is_image": np.concatenate([s["is_image"] for s in samples]).astype(bool),
+    }
+    if samples[0]["pattern"] is not None:
+        arrays["query_offsets"] = _offsets([len(s["query_positions"]) for s in samples])
+        arrays["query_positions"] = np.concatenate([s["query_positions"] for s in samples]).astype(np.int32)
+        arrays["pattern_offsets"] = _offsets([s["pattern"].size for s in samples])
+        arrays["patterns"] = np.concatenate([s["pattern"].ravel() for s in samples]).astype(np.float32)
+    for name in samples[0]["hooks"]:
+        arrays[f"hook.{name}"] = np.stack([s["hooks"][name] for s in samples]).astype(np.float32)
+    return arrays
+
+
+class _Shard:
+    """One shard's arrays, memory-mapped on first use."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n = path, n
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, field: str) -> np.ndarray:
+        if field not in self._arrays:
+            file = self.path / f"{field}.npy"
+            if not file.is_file():
+                raise KeyError(f"{self.path} has no {field!r} (was it captured? see the capture's index.json)")
+            self._arrays[field] = np.load(file, mmap_mode="r")
+        return self._arrays[field]
+
+    @cached_property
+    def records(self) -> list[dict]:
+        return json.loads((self.path / "records.json").read_text())
+
+
+class Capture:
+    """A capture directory, read lazily: arrays are memory-mapped, shard by shard, when first used."""
+
+    def __init__(self, directory: Path, index: dict):
+        self.directory, self.meta = directory, index
+        self._shards = [_Shard(directory / s["name"], s["n"]) for s in index["shards"]]
+        self._starts = np.cumsum([0] + [s.n for s in self._shards])
+
+    @classmethod
+    def open(cls, path: str | Path, mask_type: str | None = None) -> "Capture":
+        """Open a capture directory, or pick `mask_type` from a directory holding one per mask type."""
+        path = Path(path)
+        if mask_type is not None and (path / mask_type / INDEX).is_file():
+            path = path / mask_type
+        if not (path / INDEX).is_file():
+            masks = sorted(p.parent.name for p in path.glob(f"*/{INDEX}"))
+            if len(masks) == 1:
+                path = path / masks[0]
+            elif masks:
+                raise ValueError(f"{path} holds captures under masks {', '.join(masks)}: "
+                                 f"pass mask_type= (or open {path}/<mask type>)")
+            else:
+                raise FileNotFoundError(f"no capture at {path}: expected {path / INDEX} (written by capture())")
+        index = json.loads((path / INDEX).read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(f"{path} is in format {index.get('format')!r}; this reader expects {FORMAT!r}")
+        if mask_type is not None and index["mask_type"] != mask_type:
+            raise ValueError(f"{path} holds a {index['mask_type']} capture, not {mask_type}")
+        return cls(path, index)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __repr__(self) -> str:
+        m = self.meta
+        state = "complete" if m["complete"] else f"partial {len(self)}/{m['n']}"
+        return f"Capture({m['checkpoint']!r}, mask={m['mask_type']}, dataset={m['dataset']}, {state}, {self.directory})"
+
+    @property
+    def mask_type(self) -> str:
+        return self.meta["mask_type"]
+
+    @property
+    def checkpoint(self) -> str:
+        return self.meta["checkpoint"]
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]
+
+    def _stack(self, field: str, index=()) -> np.ndarray:
+        parts = [np.asarray(s[field][(slice(None), *index)]) for s in self._shards]
+        return np.concatenate(parts) if parts else np.empty((0,), dtype=np.float32)
+
+    def eos_states(self, layer: int | None = None) -> np.ndarray:
+        """EOS residual stream `[N, layers+1, d]`, or one layer `[N, d]` (0 = embeddings, l+1 = after block l)."""
+        return self._stack("eos_resid") if layer is None else self._stack("eos_resid", (layer,))
+
+    def content_mean(self, layer: int | None = None) -> np.ndarray:
+        """Residual stream mean-pooled over content (A) positions, `[N, layers+1, d]` or `[N, d]` for one layer."""
+        return self._stack("content_mean") if layer is None else self._stack("content_mean", (layer,))
+
+    def embeddings(self) -> np.ndarray:
+        """Final-norm EOS states `[N, d]` (the model's embedding, not L2-normalised)."""
+        return self._stack("eos_final")
+
+    def hook(self, name: str) -> np.ndarray:
+        """An extra hook's activation at EOS, `[N, ...]`."""
+        return self._stack(f"hook.{name}")
+
+    @property
+    def records(self) -> list[dict]:
+        return [r for s in self._shards for r in s.records]
+
+    def labels(self, name: str) -> list:
+        """Label `name` of every sample (None where a sample has no such label), for probing."""
+        return [r["labels"].get(name) for r in self.records]
+
+    def sample(self, i: int) -> dict:
+        """Everything stored for sample `i`; `pattern` is `[layers, heads, rows, L]` for queries `query_positions`."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for a capture of {len(self)}")
+        i %= len(self)
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        shard, j = self._shards[k], i - int(self._starts[k])
+        t0, t1 = shard["token_offsets"][j:j + 2]
+        roles = np.asarray(shard["roles"][t0:t1])
+        is_image = np.asarray(shard["is_image"][t0:t1])
+        out = dict(roles=[ROLES[r] for r in roles], is_image=is_image,
+                   segments=["image" if img else ("text" if r == 0 else ROLES[r]) for r, img in zip(roles, is_image)],
+                   input_ids=np.asarray(shard["input_ids"][t0:t1]), eos_index=int(shard["eos_index"][j]),
+                   eos_resid=np.asarray(shard["eos_resid"][j]), eos_final=np.asarray(shard["eos_final"][j]),
+                   record=shard.records[j], pattern=None, query_positions=None)
+        if self.meta["patterns"] != "none":
+            q0, q1 = shard["query_offsets"][j:j + 2]
+            p0, p1 = shard["pattern_offsets"][j:j + 2]
+            shape = (self.meta["n_layers"], self.meta["n_heads"], int(q1 - q0), int(t1 - t0))
+            out["query_positions"] = np.asarray(shard["query_positions"][q0:q1])
+            out["pattern"] = np.asarray(shard["patterns"][p0:p1]).reshape(shape)
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self.sample(i) for i in range(len(self)))

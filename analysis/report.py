@@ -1,0 +1,142 @@
+"""The study's report: ablation table (mean ± sd over seeds), key figures, notebook links, failures.
+
+`collect_scores(study_dir)` and `ablation_table(rows)` are shared with `notebooks/ablation_summary.ipynb`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from analysis.io import atomic_write_text, write_json
+from analysis.metrics.retrieval import mmeb_scores
+
+if TYPE_CHECKING:
+    from analysis.study import Study
+
+STUDY_FILE = "study.json"
+COLUMNS = (("overall", "overall"), ("IND", "split.ind"), ("OOD", "split.ood"),
+           ("cls", "meta_task.classification"), ("vqa", "meta_task.vqa"), ("ret", "meta_task.retrieval"),
+           ("grd", "meta_task.grounding"), ("IND hard", "ind.negatives.hard"), ("IND random", "ind.negatives.random"))
+KEY_FIGURES = (("attention_flow", "eos_budget"), ("eos_probing", "probing_curves"),
+               ("embedding_umap", "umap"), ("compare_checkpoints", "cka"))
+
+
+def summarise(records: list[dict]) -> dict[str, float]:
+    """Per-dataset records of one checkpoint -> flat `{column key: score}` (see `COLUMNS`)."""
+    flat: dict[str, float] = {}
+    for prefix, recs in (("", records), ("ind.", [r for r in records if r["split"] == "ind"])):
+        if not recs:
+            continue
+        for key, value in mmeb_scores(recs).items():
+            if isinstance(value, dict):
+                flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
+            elif key == "overall":
+                flat[f"{prefix}overall"] = value
+    return flat
+
+
+def collect_scores(study_dir: str | Path) -> list[dict]:
+    """One row per trained checkpoint of a study: cell, mask type, λ, seed and its score summary."""
+    study_dir = Path(study_dir)
+    spec_file = study_dir / STUDY_FILE
+    if not spec_file.is_file():
+        raise FileNotFoundError(f"{spec_file} is missing: is {study_dir} a study directory written by "
+                                "`cocoa-lens study`?")
+    spec = json.loads(spec_file.read_text())
+    rows = []
+    for cell in spec["cells"]:
+        for seed in spec["seeds"]:
+            scores = study_dir / "checkpoints" / f"{cell['name']}-s{seed}" / "scores.json"
+            if scores.is_file():
+                rows.append(dict(cell=cell["name"], mask_type=cell["mask_type"], recon_weight=cell["recon_weight"],
+                                 note=cell.get("note", ""), seed=seed,
+                                 **summarise(json.loads(scores.read_text())["datasets"])))
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> list[dict]:
+    """Rows grouped by cell: `{cell, mask_type, recon_weight, n_seeds, <key>: (mean, sd)}`."""
+    cells: dict[str, list[dict]] = {}
+    for r in rows:
+        cells.setdefault(r["cell"], []).append(r)
+    out = []
+    for name, group in cells.items():
+        entry = {k: group[0][k] for k in ("cell", "mask_type", "recon_weight", "note")}
+        entry["n_seeds"] = len(group)
+        for _, key in COLUMNS:
+            values = [g[key] for g in group if key in g]
+            entry[key] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan) \
+                if values else (math.nan, math.nan)
+        out.append(entry)
+    return out
+
+
+def _fmt(mean_sd: tuple[float, float]) -> str:
+    mean, sd = mean_sd
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def markdown_table(table: list[dict]) -> str:
+    head = "| cell | mask type | λ | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * (4 + len(COLUMNS))
+    lines = [head, rule]
+    for e in table:
+        cells = [e["cell"], e["mask_type"], f"{e['recon_weight']:g}", str(e["n_seeds"])]
+        lines.append("| " + " | ".join(cells + [_fmt(e[key]) for _, key in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+def _link(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def write_report(study: "Study", seconds: float) -> Path:
+    """Write `<report_dir>/report.md` (and the ablation heatmap) for a finished study run."""
+    from analysis import plots
+
+    config, root = study.config, study.root
+    report_dir = Path(config.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = ablation_table(collect_scores(root))
+    lines = [f"# cocoa-lens study `{config.name}`", "",
+             f"Checkpoints in `{root}`; this run took {seconds / 60:.1f} min "
+             f"({sum(o.status == 'done' for o in study.outcomes)} steps run, "
+             f"{sum(o.status == 'skipped' for o in study.outcomes)} already done, "
+             f"{sum(o.status == 'failed' for o in study.outcomes)} failed).", "",
+             "## Ablation: mini-MMEB Precision@1 (mean ± sd over seeds)", "",
+             "Each cell trains the same total number of steps. `IND hard` / `IND random`: in-distribution datasets "
+             "whose negatives differ from the positive in one attribute / are random.", "",
+             markdown_table(table), ""]
+    notes = [f"- `{e['cell']}`: {e['note']}" for e in table if e["note"]]
+    lines += notes + ([""] if notes else [])
+    if table:
+        heat = {(e["mask_type"], e["recon_weight"]): e["split.ind"] for e in table}
+        plots.ablation_heatmap(heat, value_name="IND P@1", title="mini-MMEB IND P@1: mask type × λ",
+                               save=report_dir / "ablation_heatmap")
+        lines += ["![ablation heatmap](ablation_heatmap.png)", ""]
+    executed = sorted((root / "notebooks").glob("*/*/*.ipynb"))
+    figures = []
+    for notebook, stem in KEY_FIGURES:
+        found = sorted((root / "notebooks").glob(f"*/{notebook}/{stem}*.png"))
+        if found:
+            target = report_dir / f"{notebook}_{found[0].name}"
+            shutil.copyfile(found[0], target)
+            figures.append(f"![{notebook}: {found[0].parent.parent.name}]({target.name})")
+    if figures:
+        lines += ["## Key figures", "", *figures, ""]
+    lines += ["## Executed notebooks", ""]
+    lines += [f"- [{nb.parent.parent.name} / {nb.stem}]({_link(nb, report_dir)})" for nb in executed] or ["- none"]
+    failed = [o for o in study.outcomes if o.status == "failed"]
+    lines += ["", "## Failures", ""]
+    lines += [f"- {o.step} `{o.target}`: {o.error}" for o in failed] or ["- none"]
+    write_json(report_dir / "ablation.json", table)
+    return atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")

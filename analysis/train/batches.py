@@ -1,0 +1,167 @@
+"""Training pairs -> the three stage layouts, and a deterministic background stream of batches.
+
+Every step draws fresh pairs from `analysis.data.training_examples` with a seed derived from
+(recipe seed, stage, step), so a stage's batches do not depend on what ran before it: resuming after an
+interrupted run reproduces exactly the batches an uninterrupted run would have used.
+
+Layouts built from one (query, positive) pair:
+- pretrain:  `[A][EOS][B]` as below, B unmasked (captioning / answering, the MLLM's own objective)
+- warm-up:   `[image][query text + positive text][EOS]` (the pair's image; all of its text)
+- bridged:   `[A][EOS][B]` with A = query and B = the positive's text; when the positive has no text
+             (text->image retrieval, grounding crops), A = the positive image and B = the query text
+- contrastive: `[query][EOS]` and `[positive][EOS]`, encoded in one batch (queries first)
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import zlib
+from typing import Callable, Iterator
+
+import torch
+
+from analysis.data import TASK_NAMES, training_examples
+from analysis.data.items import Example, Item
+from analysis.inputs import encode
+from analysis.masks import A, B
+from analysis.train.objectives import MaskedBatch, PairBatch, mae_token_mask, mntp_mask, text_candidates
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (Python's hash() of strings is salted per process)."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def warmup_item(ex: Example) -> Item:
+    image = ex.query.image if ex.query.image is not None else ex.positive.image
+    text = " ".join(t for t in (ex.query.text, ex.positive.text) if t)
+    return Item(text, image, key=f"warmup|{ex.query.key}|{ex.positive.key}")
+
+
+def bridged_pair(ex: Example) -> tuple[Item, str]:
+    if ex.positive.text:
+        return ex.query, ex.positive.text
+    if ex.query.text:
+        return ex.positive, ex.query.text
+    raise ValueError(f"pair {ex.query.key!r} -> {ex.positive.key!r} has no text to reconstruct")
+
+
+def warmup_batch(processor, model, examples: list[Example], mntp_prob: float, mae_ratio: float, mask_id: int,
+                 generator: torch.Generator, max_text_tokens: int | None = None) -> MaskedBatch:
+    batch = encode(processor, model, [warmup_item(ex) for ex in examples], max_text_tokens=max_text_tokens)
+    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, A), mntp_prob, mask_id, generator)
+    batch.input_ids = ids
+    mae = None
+    if batch.image_grid_thw is not None:
+        merge = processor.image_processor.merge_size ** 2
+        mae = mae_token_mask(batch.image_grid_thw, mae_ratio, merge, generator)
+    return MaskedBatch(batch, labels, mae)
+
+
+def recon_batch(processor, model, examples: list[Example], mntp_prob: float, mask_id: int,
+                generator: torch.Generator, max_text_tokens: int | None = None) -> MaskedBatch:
+    items, targets = zip(*(bridged_pair(ex) for ex in examples))
+    batch = encode(processor, model, list(items), list(targets), max_text_tokens=max_text_tokens)
+    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, B), mntp_prob, mask_id, generator)
+    batch.input_ids = ids
+    return MaskedBatch(batch, labels)
+
+
+def caption_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None) -> MaskedBatch:
+    """`[A][EOS][B]` with every B token a label and nothing masked (teacher-forced captioning)."""
+    items, targets = zip(*(bridged_pair(ex) for ex in examples))
+    batch = encode(processor, model, list(items), list(targets), max_text_tokens=max_text_tokens)
+    labels = batch.input_ids.masked_fill(batch.roles != B, -100)
+    return MaskedBatch(batch, labels)
+
+
+def pair_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None) -> PairBatch:
+    queries, positives = [ex.query for ex in examples], [ex.positive for ex in examples]
+    batch = encode(processor, model, queries + positives, max_text_tokens=max_text_tokens)
+    return PairBatch(batch, len(examples), [p.key for p in positives])
+
+
+class TaskSchedule:
+    """Which tasks step `s` draws from: all of them (`mixed`) or one, cycling in seeded shuffled rounds (`task`)."""
+
+    def __init__(self, tasks: list[str] | None, batching: str, seed: int):
+        self.tasks = tuple(tasks or TASK_NAMES)
+        self.batching, self.seed = batching, seed
+
+    def __call__(self, step: int) -> tuple[str, ...]:
+        if self.batching == "mixed":
+            return self.tasks
+        n = len(self.tasks)
+        order = list(self.tasks)
+        random.Random(derived_seed(self.seed, "round", step // n)).shuffle(order)
+        return (order[step % n],)
+
+
+def stage_examples(recipe, stage: str, step: int, batch_size: int) -> list[Example]:
+    """The training pairs of `step` of `stage`: a pure function of (recipe seed, data settings, stage, step)."""
+    tasks = TaskSchedule(recipe.data.tasks, recipe.data.batching, derived_seed(recipe.seed, stage))(step)
+    return training_examples(batch_size, seed=derived_seed(recipe.seed, stage, step), tasks=tasks)
+
+
+def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callable[[int], dict]:
+    """`step -> {"recon"/"warmup": MaskedBatch, "pairs": PairBatch}` for one stage of `recipe`."""
+    cfg = getattr(recipe.stages, stage)
+    limit = recipe.data.max_text_tokens
+
+    def make(step: int) -> dict:
+        examples = stage_examples(recipe, stage, step, cfg.batch_size)
+        gen = torch.Generator().manual_seed(derived_seed(recipe.seed, stage, step, "mask"))
+        if stage == "pretrain":
+            return {"recon": caption_batch(processor, model, examples, limit)}
+        if stage == "warmup":
+            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, cfg.mae_ratio, mask_id, gen, limit)}
+        out = {}
+        if stage == "bridged" and recipe.recon_weight > 0:
+            out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)
+        if stage == "contrastive" or recipe.recon_weight < 1:
+            out["pairs"] = pair_batch(processor, model, examples, limit)
+        return out
+
+    return make
+
+
+def prefetch(make: Callable[[int], dict], steps: range, depth: int = 3) -> Iterator[dict]:
+    """Yield `make(step)` for `steps`, built ahead in a background thread (errors re-raised here)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            for step in steps:
+                if stop.is_set():
+                    return
+                put(make(step))
+        except BaseException as err:  # noqa: BLE001  (handed to the consumer)
+            put(err)
+            return
+        put(done)
+
+    thread = threading.Thread(target=work, name="cocoa-lens-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -1,0 +1,409 @@
+"""Recipe: one YAML/JSON-serialisable description of a training run.
+
+A recipe names a backbone (an embedded tiny backbone, optionally widened, or a local Hugging Face
+directory), the stages to run (`warmup`, `bridged`, `contrastive`; each optional, run in that order),
+the recon weight λ, the InfoNCE temperature, the mask used for embedding (`embed_mask`), the seed and
+the device (an optional `pretrain` stage, plain captioning, can run first to make a base
+checkpoint). Parsing is strict: unknown keys and bad values raise `ValueError` listing the valid ones.
+
+    recipe = Recipe.from_yaml(Path("experiments/recipes/cocoa_bridged.yaml").read_text())
+    recipe = apply_overrides(recipe, ["stages.bridged.steps=100", "recon_weight=0.5"])
+    recipe.to_yaml()   # round-trips: Recipe.from_yaml(recipe.to_yaml()) == recipe
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from analysis.data.mini_mmeb import TASK_NAMES
+from analysis.masks import MASK_TYPES
+from analysis.models import TINY_BACKBONES
+
+STAGE_NAMES = ("pretrain", "warmup", "bridged", "contrastive")
+EMBED_MASKS = ("causal", "bidirectional")
+SCHEDULES = ("cosine", "linear", "constant")
+BATCHING = ("task", "mixed")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# LLM projections and ViT projections of Qwen2-VL (fc1/fc2) and Qwen2.5-VL (gate/up/down, qkv/proj).
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "fc1", "fc2"]
+
+
+@dataclass
+class Backbone:
+    """`name`: a tiny backbone (`tiny-qwen2.5-vl`, `tiny-qwen2-vl`) or a local HF directory.
+
+    The sizes widen / deepen the tiny backbones only (None = `analysis.models` defaults).
+    """
+
+    name: str = "tiny-qwen2.5-vl"
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    vision_width: int | None = None
+    attn_implementation: str = "sdpa"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name in TINY_BACKBONES
+
+    def tiny_sizes(self) -> dict[str, int]:
+        return {k: v for k, v in (("hidden_size", self.hidden_size), ("num_hidden_layers", self.num_hidden_layers),
+                                  ("vision_width", self.vision_width)) if v is not None}
+
+    def validate(self, path: str) -> None:
+        _choice(self.attn_implementation, ATTN_IMPLEMENTATIONS, f"{path}.attn_implementation")
+        if not self.is_tiny and self.tiny_sizes():
+            raise ValueError(f"{path}: hidden_size / num_hidden_layers / vision_width apply to the tiny backbones "
+                             f"({', '.join(TINY_BACKBONES)}) only, not to {self.name!r}")
+        for key, value in self.tiny_sizes().items():
+            _positive(value, f"{path}.{key}")
+
+
+@dataclass
+class Stage:
+    """Optimisation settings shared by every stage: AdamW, linear warm-up then `schedule`."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 32
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def validate(self, path: str) -> None:
+        if self.steps < 0:
+            raise ValueError(f"{path}.steps must be >= 0; got {self.steps}")
+        _positive(self.lr, f"{path}.lr")
+        if self.batch_size < 2:
+            raise ValueError(f"{path}.batch_size must be >= 2 (in-batch negatives); got {self.batch_size}")
+        _choice(self.schedule, SCHEDULES, f"{path}.schedule")
+        _unit(self.warmup_ratio, f"{path}.warmup_ratio", closed=True)
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"{path}: weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+
+
+@dataclass
+class PretrainStage(Stage):
+    """Stage 0 (the MLLM's own generative training, not CoCoA): next-token loss on every B token of
+    `[A][EOS][B]` under `mask` (causal), inputs unmasked. Use it to make a captioning base checkpoint
+    that every recipe of an ablation then starts from, as CoCoA starts from a pretrained Qwen2-VL."""
+
+    mask: str = "causal"
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _choice(self.mask, MASK_TYPES, f"{path}.mask")
+
+
+@dataclass
+class WarmupStage(Stage):
+    """Stage 1: `[image][caption]` under `mask`; MNTP on `mntp_prob` of text + MAE on `mae_ratio` of image tokens."""
+
+    mask: str = "bidirectional"
+    mntp_prob: float = 0.2
+    mae_ratio: float = 0.4
+    mae_weight: float = 0.5
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _choice(self.mask, MASK_TYPES, f"{path}.mask")
+        _unit(self.mntp_prob, f"{path}.mntp_prob")
+        _unit(self.mae_ratio, f"{path}.mae_ratio")
+        if self.mae_weight < 0:
+            raise ValueError(f"{path}.mae_weight must be >= 0; got {self.mae_weight}")
+
+
+@dataclass
+class BridgedStage(Stage):
+    """Stage 2: `[A][EOS][B]` under `mask`, MNTP on `mntp_prob` of B; mixed with InfoNCE when λ < 1."""
+
+    mask: str = "eos_bridged"
+    mntp_prob: float = 0.7
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _choice(self.mask, MASK_TYPES, f"{path}.mask")
+        _unit(self.mntp_prob, f"{path}.mntp_prob")
+
+
+@dataclass
+class ContrastiveStage(Stage):
+    """Stage 3: InfoNCE on `[query][EOS]` / `[target][EOS]`, both under the recipe's `embed_mask`."""
+
+
+@dataclass
+class Stages:
+    """The stages to run, in this order; a stage that is null (or has 0 steps) is skipped."""
+
+    pretrain: PretrainStage | None = None
+    warmup: WarmupStage | None = None
+    bridged: BridgedStage | None = None
+    contrastive: ContrastiveStage | None = field(default_factory=ContrastiveStage)
+
+    def active(self) -> list[tuple[str, Stage]]:
+        return [(n, s) for n in STAGE_NAMES if (s := getattr(self, n)) is not None and s.steps > 0]
+
+
+@dataclass
+class LoRA:
+    """Optional LoRA through peft (real-size backbones): released settings r=8, alpha=64."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def validate(self, path: str) -> None:
+        _positive(self.r, f"{path}.r")
+        _positive(self.alpha, f"{path}.alpha")
+        _unit(self.dropout, f"{path}.dropout", closed=True)
+        if not self.target_modules:
+            raise ValueError(f"{path}.target_modules must name at least one module")
+
+
+@dataclass
+class Data:
+    """Training pairs from `analysis.data.training_examples`, drawn fresh for every step.
+
+    `batching: task` draws each batch from one task (tasks cycle in a seeded order), so in-batch
+    negatives are same-task answers, as MMEB training does; `mixed` mixes all `tasks` in every batch.
+    """
+
+    tasks: list[str] | None = None
+    batching: str = "task"
+    max_text_tokens: int | None = None
+
+    def validate(self, path: str) -> None:
+        _choice(self.batching, BATCHING, f"{path}.batching")
+        if self.tasks is not None:
+            unknown = [t for t in self.tasks if t not in TASK_NAMES]
+            if unknown or not self.tasks:
+                raise ValueError(f"{path}.tasks: unknown or empty {unknown}; valid tasks: {', '.join(TASK_NAMES)}")
+        if self.max_text_tokens is not None:
+            _positive(self.max_text_tokens, f"{path}.max_text_tokens")
+
+
+@dataclass
+class Eval:
+    """Mini-MMEB scoring of the final checkpoint (`n_per_dataset` queries per dataset, fixed `seed`)."""
+
+    n_per_dataset: int = 50
+    seed: int = 0
+    batch_size: int = 64
+
+    def validate(self, path: str) -> None:
+        if self.n_per_dataset < 0:
+            raise ValueError(f"{path}.n_per_dataset must be >= 0 (0 = skip scoring); got {self.n_per_dataset}")
+        _positive(self.batch_size, f"{path}.batch_size")
+
+
+@dataclass
+class Recipe:
+    """A training run. `recon_weight` is λ in stage 2: `λ·L_recon + (1-λ)·L_infonce`."""
+
+    name: str = "recipe"
+    backbone: Backbone = field(default_factory=Backbone)
+    stages: Stages = field(default_factory=Stages)
+    recon_weight: float = 1.0
+    temperature: float = 0.02
+    symmetric: bool = False
+    embed_mask: str = "bidirectional"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    lora: LoRA = field(default_factory=LoRA)
+    data: Data = field(default_factory=Data)
+    eval: Eval = field(default_factory=Eval)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        self.backbone.validate("backbone")
+        for name in STAGE_NAMES:
+            stage = getattr(self.stages, name)
+            if stage is not None:
+                stage.validate(f"stages.{name}")
+        _unit(self.recon_weight, "recon_weight", closed=True, low_closed=True)
+        _positive(self.temperature, "temperature")
+        _choice(self.embed_mask, EMBED_MASKS, "embed_mask")
+        _choice(self.dtype, DTYPES, "dtype")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ValueError(f"device: unknown {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        self.lora.validate("lora")
+        self.data.validate("data")
+        self.eval.validate("eval")
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        return _build(cls, data, "recipe")
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Recipe":
+        data = yaml.safe_load(text)
+        return cls.from_dict({} if data is None else data)
+
+    def total_steps(self) -> int:
+        return sum(s.steps for _, s in self.stages.active())
+
+    def differences(self, other: "Recipe") -> list[str]:
+        """Dotted keys whose values differ (for error messages)."""
+        return [k for k, _ in _diff(self.to_dict(), other.to_dict())]
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe from YAML (or JSON, a subset of YAML) and apply `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe at {path}")
+    try:
+        recipe = Recipe.from_yaml(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return apply_overrides(recipe, overrides)
+
+
+def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
+    """`["stages.bridged.steps=100", "recon_weight=0.5", "stages.warmup=null"]` -> a new Recipe.
+
+    Values are parsed as YAML scalars and coerced to the field's type (`1e-3` is a float, `null` clears
+    an optional field, `a,b` fills a list). Setting a key inside a null stage creates that stage first.
+    """
+    data = recipe.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not key=value (e.g. stages.bridged.steps=100)")
+        parts = key.strip().split(".")
+        node, cls = data, Recipe
+        for depth, part in enumerate(parts):
+            hints = _hints(cls)
+            if part not in hints:
+                where = ".".join(parts[:depth]) or "recipe"
+                raise ValueError(f"unknown key {part!r} in {where} (override {item!r}); valid keys: {', '.join(hints)}")
+            if depth == len(parts) - 1:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+                node[part] = value
+                break
+            sub = _dataclass_of(hints[part])
+            if sub is None:
+                raise ValueError(f"{'.'.join(parts[:depth + 1])} is a {hints[part]} value, it has no key {parts[depth + 1]!r}")
+            if node.get(part) is None:
+                node[part] = dataclasses.asdict(sub())
+            node, cls = node[part], sub
+    return Recipe.from_dict(data)
+
+
+# -- strict, type-directed building -------------------------------------------------------------
+def _hints(cls) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)
+    return {n: hints[n] for n in names}
+
+
+def _dataclass_of(hint) -> type | None:
+    for arg in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _build(cls, data: Any, path: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a mapping with keys {', '.join(_hints(cls))}; got {data!r}")
+    hints = _hints(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))} in {path}; valid keys: {', '.join(hints)}")
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path != "recipe" else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    if path != "recipe" and hasattr(obj, "validate"):
+        obj.validate(path)
+    return obj
+
+
+def _coerce(hint, value: Any, path: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, path)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list; got {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ValueError(f"{path} must be true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{path} must be an integer; got {value!r}")
+        try:
+            number = float(value) if isinstance(value, (str, float)) else value
+        except ValueError:
+            raise ValueError(f"{path} must be an integer; got {value!r}") from None
+        if not isinstance(number, (int, float)) or number != int(number):
+            raise ValueError(f"{path} must be an integer; got {value!r}")
+        return int(number)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{path} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} must be a number; got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported field type {hint}")
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, tuple[Any, Any]]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in dict.fromkeys([*a, *b]):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [(prefix, (a, b))]
+
+
+def _choice(value: str, valid: Sequence[str], path: str) -> None:
+    if value not in valid:
+        raise ValueError(f"{path}: unknown {value!r}; valid: {', '.join(valid)}")
+
+
+def _positive(value: float, path: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{path} must be > 0; got {value}")
+
+
+def _unit(value: float, path: str, closed: bool = False, low_closed: bool = False) -> None:
+    low_ok = value >= 0 if (closed or low_closed) else value > 0
+    if not (low_ok and value <= 1):
+        raise ValueError(f"{path} must lie in {'[' if closed or low_closed else '('}0, 1]; got {value}")

@@ -1,0 +1,144 @@
+"""Bridge parity: captured patterns and EOS states equal Hugging Face's own, for both tiny backbones.
+
+References come from an untouched `copy.deepcopy` made before booting (eager attention,
+`output_attentions` / `output_hidden_states`), on a batch with images of two grid sizes, a B segment,
+a sample without B, a text-only sample and padding.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.data import build_mini_mmeb
+from analysis.data.items import Item
+from analysis.embed import eos_states
+from analysis.inputs import encode
+from analysis.lens import boot, run_batch
+from analysis.masks import MASK_TYPES, PAD, B
+from analysis.models import TINY_BACKBONES
+
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread is fastest, and immune to the other jobs sharing the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mixed_batch(processor, model):
+    """4 samples: image+text with B, text-only without B, a 56px crop (other grid) with B, image+text with B."""
+    i2t, t2i, ground = build_mini_mmeb(2, tasks=("ShapesI2T", "ShapesT2I", "ShapesGround"), splits=("ind",))
+    crop = ground.examples[0].candidates[0]
+    items = [i2t.examples[0].query, t2i.examples[0].query, Item("", crop.image, key="crop"), i2t.examples[1].query]
+    targets = [i2t.examples[0].positive.text, "", "a red circle", i2t.examples[1].positive.text]
+    return encode(processor, model, items, targets)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    name, model, processor = tiny
+    reference = copy.deepcopy(model)  # untouched by booting
+    bridge = boot(model, processor)
+    batch = mixed_batch(processor, reference)
+    return name, reference, bridge, batch
+
+
+def test_batch_exercises_images_b_and_padding(setup):
+    _, _, _, batch = setup
+    assert batch.image_grid_thw.prod(-1).unique().numel() == 2  # two grid sizes
+    assert (batch.roles == PAD).any() and batch.is_image.any()
+    has_b = (batch.roles == B).any(1)
+    assert has_b.any() and not has_b.all()
+
+
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
+def test_patterns_and_eos_states_equal_hugging_face(setup, mask_type):
+    _, reference, bridge, batch = setup
+    with torch.no_grad():
+        hf = reference(**batch.model_inputs(mask_type), output_attentions=True, output_hidden_states=True)
+    captured = run_batch(bridge, batch, mask_type, patterns="full")
+    n_layers = len(hf.attentions)
+    norm = reference.model.language_model.norm
+    for i, sample in enumerate(captured):
+        n, eos = len(sample["roles"]), sample["eos_index"]
+        full_rows = torch.stack(hf.attentions)[:, i, :, :n, :]  # [layers, heads, n, L]
+        assert (full_rows[..., n:] == 0).all()  # PAD keys get no weight, so keeping n keys loses nothing
+        torch.testing.assert_close(torch.from_numpy(sample["pattern"]), full_rows[..., :n], atol=TOL, rtol=0)
+        # embeddings and blocks 0..L-2 are HF's raw hidden states; HF's last one is after the final norm
+        raw = torch.stack([h[i, eos] for h in hf.hidden_states[:n_layers]])
+        torch.testing.assert_close(torch.from_numpy(sample["eos_resid"][:n_layers]), raw, atol=TOL, rtol=0)
+        with torch.no_grad():
+            renormed = norm(torch.from_numpy(sample["eos_resid"][n_layers]))
+        torch.testing.assert_close(renormed, hf.hidden_states[-1][i, eos], atol=TOL, rtol=0)
+        final = torch.from_numpy(sample["eos_final"])
+        torch.testing.assert_close(final, hf.hidden_states[-1][i, eos], atol=TOL, rtol=0)
+    with torch.no_grad():
+        embedding = eos_states(reference, batch, mask_type)
+    torch.testing.assert_close(torch.from_numpy(np.stack([s["eos_final"] for s in captured])),
+                               embedding, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("patterns", ["eos", "eos+b"])
+def test_pattern_rows_are_rows_of_the_full_pattern(setup, patterns):
+    _, _, bridge, batch = setup
+    full = run_batch(bridge, batch, "eos_bridged", patterns="full")
+    rows = run_batch(bridge, batch, "eos_bridged", patterns=patterns)
+    for i, (f, r) in enumerate(zip(full, rows)):
+        b_rows = [j for j, role in enumerate(f["roles"]) if role == B] if patterns == "eos+b" else []
+        expected = [f["eos_index"]] + b_rows
+        assert r["query_positions"].tolist() == expected
+        assert r["pattern"].shape == (f["pattern"].shape[0], f["pattern"].shape[1], len(expected), len(f["roles"]))
+        assert (r["pattern"] == f["pattern"][:, :, expected, :]).all()
+        assert (r["eos_resid"] == f["eos_resid"]).all()
+
+
+def test_none_patterns_store_no_rows(setup):
+    _, _, bridge, batch = setup
+    assert all(s["pattern"] is None for s in run_batch(bridge, batch, "causal", patterns="none"))
+
+
+def test_boot_leaves_the_callers_model_untouched(setup, tiny):
+    _, reference, bridge, batch = setup
+    _, model, _ = tiny
+    assert bridge.original_model is not model
+    inputs = batch.model_inputs("causal")
+    with torch.no_grad():
+        ours, theirs = model(**inputs, output_attentions=True), reference(**inputs, output_attentions=True)
+    for a, b in zip(ours.attentions, theirs.attentions):
+        assert torch.equal(a, b)
+
+
+def test_both_backbones_expose_the_same_text_hooks():
+    from analysis.models import build_tiny
+
+    names = {}
+    for backbone in TINY_BACKBONES:
+        model, processor = build_tiny(backbone)
+        bridge = boot(model, processor, copy=False)
+        assert bridge.original_model is model  # copy=False hands the model over
+        names[backbone] = set(bridge.hook_dict)
+    text = [{n for n in hooks if not n.startswith("vision_encoder.")} for hooks in names.values()]
+    assert text[0] == text[1]
+    assert {"blocks.3.attn.hook_pattern", "blocks.0.hook_resid_pre", "ln_final.hook_out"} <= text[0]
+    qwen2 = names["tiny-qwen2-vl"]
+    assert {"vision_encoder.blocks.1.hook_out", "vision_encoder.blocks.0.mlp.in.hook_out",
+            "vision_projector.hook_out"} <= qwen2
+
+
+def test_qwen2_vl_adapter_is_registered_and_declared():
+    from importlib.metadata import entry_points
+
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    from analysis.lens.qwen2_vl_adapter import ARCHITECTURE, Qwen2VLArchitectureAdapter, register
+
+    register()
+    assert SUPPORTED_ARCHITECTURES[ARCHITECTURE] is Qwen2VLArchitectureAdapter
+    declared = {ep.name: ep for ep in entry_points(group="transformer_lens.architectures")}
+    assert declared[ARCHITECTURE].load() is Qwen2VLArchitectureAdapter

@@ -1,0 +1,211 @@
+"""Objectives: MNTP shift, MAE masking, InfoNCE, and truncation shown by gradients (not by reading the mask)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from analysis.data import training_examples
+from analysis.data.items import Item
+from analysis.data.shapes import Scene, ShapeObject, render
+from analysis.inputs import encode
+from analysis.masks import EOS, A, B, additive_mask
+from analysis.train.batches import pair_batch
+from analysis.train.objectives import (
+    IGNORE,
+    MAEDecoder,
+    bridged_loss,
+    forward_hidden,
+    info_nce,
+    input_embeddings,
+    mae_loss,
+    mae_token_mask,
+    mask_pixels,
+    mask_token_id,
+    mntp_loss,
+    mntp_mask,
+    text_candidates,
+)
+
+SCENES = [Scene((ShapeObject("red", "circle", "large", "top", "left"),)),
+          Scene((ShapeObject("blue", "square", "small", "bottom", "right"),
+                 ShapeObject("green", "cross", "large", "middle", "center")))]
+
+
+def _recon(model, processor, mntp_prob=1.0):
+    items = [Item("describe the image .", render(s), key=f"s{i}") for i, s in enumerate(SCENES)]
+    batch = encode(processor, model, items, ["a large red circle at the top left", "a small blue square"])
+    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, B), mntp_prob, mask_token_id(processor.tokenizer),
+                            torch.Generator().manual_seed(0))
+    batch.input_ids = ids
+    embeds = input_embeddings(model, batch).detach().requires_grad_(True)
+    return batch, labels, embeds
+
+
+def _a_grad(model, batch, labels, embeds, attention_mask=None, mask_type=None) -> torch.Tensor:
+    hidden = forward_hidden(model, batch, mask_type, attention_mask=attention_mask, inputs_embeds=embeds)
+    loss = mntp_loss(hidden, labels, model.lm_head)
+    (grad,) = torch.autograd.grad(loss, embeds)
+    return grad[batch.roles == A]  # [n_A, d]: image pads, vision start/end and prompt text
+
+
+def _block_eos_from_b(batch, mask_type):
+    mask = additive_mask(batch.roles, mask_type)
+    q, k = batch.roles.unsqueeze(-1), batch.roles.unsqueeze(-2)
+    return mask.masked_fill(((q == B) & (k == EOS)).unsqueeze(1), torch.finfo(mask.dtype).min)
+
+
+def _from_b_only(batch, labels):
+    """Drop the label of the first B token: under MNTP it is predicted from the EOS position itself."""
+    labels = labels.clone()
+    labels[torch.arange(len(labels)), batch.eos_index + 1] = IGNORE
+    return labels
+
+
+@pytest.mark.parametrize("mask_type", ["eos_bridged", "eos_bridged_strict"])
+def test_truncation_b_loss_has_zero_gradient_to_a_once_eos_is_blocked(tiny, mask_type):
+    _, model, processor = tiny
+    batch, labels, embeds = _recon(model, processor)
+    grad = _a_grad(model, batch, _from_b_only(batch, labels), embeds, _block_eos_from_b(batch, mask_type))
+    assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("mask_type", ["bidirectional", "causal"])
+def test_without_truncation_b_loss_reaches_a_even_with_eos_blocked(tiny, mask_type):
+    _, model, processor = tiny
+    batch, labels, embeds = _recon(model, processor)
+    grad = _a_grad(model, batch, _from_b_only(batch, labels), embeds, _block_eos_from_b(batch, mask_type))
+    assert grad.abs().sum() > 0
+
+
+class _DetachEOS:
+    """Forward hooks that cut the gradient through the EOS residual stream after every decoder layer."""
+
+    def __init__(self, model, eos_index):
+        self.handles = [layer.register_forward_hook(self._hook) for layer in model.model.language_model.layers]
+        self.eos_index = eos_index
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        rows = torch.arange(hidden.shape[0])
+        keep = torch.ones_like(hidden[..., :1])
+        keep[rows, self.eos_index] = 0
+        hidden = hidden * keep + (hidden * (1 - keep)).detach()
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("mask_type", ["eos_bridged", "eos_bridged_strict"])
+def test_with_eos_open_gradient_reaches_a_only_through_eos(tiny, mask_type):
+    _, model, processor = tiny
+    batch, labels, embeds = _recon(model, processor)
+    open_grad = _a_grad(model, batch, labels, embeds, mask_type=mask_type)
+    assert open_grad.abs().sum() > 0  # the bottleneck carries A -> B information ...
+    with _DetachEOS(model, batch.eos_index):
+        cut = _a_grad(model, batch, labels, embeds, mask_type=mask_type)
+    assert torch.count_nonzero(cut) == 0  # ... and it is the only path
+
+
+def test_bidirectional_gradient_survives_cutting_eos(tiny):
+    _, model, processor = tiny
+    batch, labels, embeds = _recon(model, processor)
+    with _DetachEOS(model, batch.eos_index):
+        cut = _a_grad(model, batch, labels, embeds, mask_type="bidirectional")
+    assert cut.abs().sum() > 0
+
+
+def test_mntp_mask_labels_only_masked_positions():
+    ids = torch.arange(1, 21).view(2, 10)
+    cand = torch.zeros(2, 10, dtype=torch.bool)
+    cand[:, 4:] = True
+    masked, labels = mntp_mask(ids, cand, 0.5, mask_id=99, generator=torch.Generator().manual_seed(1))
+    chosen = labels != IGNORE
+    assert chosen.any(1).all() and not chosen[:, :4].any()
+    assert (masked[chosen] == 99).all() and (labels[chosen] == ids[chosen]).all()
+    assert (masked[~chosen] == ids[~chosen]).all()
+    _, all_labels = mntp_mask(ids, cand, 1.0, 99)
+    assert ((all_labels != IGNORE) == cand).all()
+
+
+def test_mntp_loss_predicts_token_i_from_position_i_minus_1():
+    d, vocab = 4, 6
+    head = nn.Linear(d, vocab, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(vocab, d) * 50)
+    hidden = torch.zeros(1, 5, d)
+    hidden[0, 1, 3] = 1.0  # position 1 "says" token 3
+    labels = torch.full((1, 5), IGNORE)
+    labels[0, 2] = 3  # token 3 sits at position 2
+    assert mntp_loss(hidden, labels, head) < 1e-6
+    labels[0, 2], labels[0, 1] = IGNORE, 3  # the same token one position earlier is predicted from position 0
+    assert mntp_loss(hidden, labels, head) > 1.0
+
+
+def test_mask_token_fallbacks(tiny):
+    _, _, processor = tiny
+    assert mask_token_id(processor.tokenizer) == processor.tokenizer.convert_tokens_to_ids("<|mask|>")
+
+    class Qwenish:  # a real Qwen2 tokenizer has no mask token but has <|fim_pad|>
+        mask_token_id, unk_token_id = None, None
+
+        def convert_tokens_to_ids(self, token):
+            return {"<|fim_pad|>": 151662}.get(token)
+
+    assert mask_token_id(Qwenish()) == 151662
+
+
+def test_mae_masks_whole_merged_tokens_before_the_vision_tower(tiny):
+    _, model, processor = tiny
+    batch = encode(processor, model, [Item("", render(s), key=f"m{i}") for i, s in enumerate(SCENES)])
+    tokens = mae_token_mask(batch.image_grid_thw, 0.5, 4, torch.Generator().manual_seed(0))
+    assert tokens.shape == (int(batch.is_image.sum()),) and tokens.sum() == 16  # 8 of each image's 16 tokens
+    decoder = MAEDecoder(model.config.text_config.hidden_size, batch.pixel_values.shape[1])
+    with torch.no_grad():
+        decoder.mask_token.fill_(7.0)
+    masked = mask_pixels(batch.pixel_values, tokens, decoder.mask_token)
+    rows = tokens.repeat_interleave(4)
+    assert (masked[rows] == 7.0).all() and torch.equal(masked[~rows], batch.pixel_values[~rows])
+    hidden = forward_hidden(model, batch, "bidirectional", pixel_values=masked)
+    loss = mae_loss(decoder, hidden[batch.is_image], batch.pixel_values, tokens)
+    loss.backward()
+    assert loss > 0 and decoder.mask_token.grad.abs().sum() > 0  # the mask token went through the tower
+
+
+def test_info_nce_ignores_duplicate_targets():
+    q = torch.eye(3, 4)
+    t = torch.eye(3, 4)
+    t[2] = t[0]  # targets 0 and 2 are the same item
+    plain = info_nce(q, t, 0.1)
+    dedup = info_nce(q, t, 0.1, target_keys=["red", "blue", "red"])
+    assert dedup < plain
+    assert info_nce(q, torch.eye(3, 4), 0.02) < 1e-6
+    assert info_nce(q, t, 0.1, ["red", "blue", "red"], symmetric=True) > 0
+
+
+def test_lambda_zero_never_runs_the_recon_branch(tiny):
+    _, model, processor = tiny
+    recon, _, _ = _recon(model, processor, mntp_prob=0.7)
+    from analysis.train.objectives import MaskedBatch
+
+    labels = _recon(model, processor, mntp_prob=0.7)[1]
+    pairs = pair_batch(processor, model, training_examples(4, seed=3))
+    calls = []
+    handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model.zero_grad(set_to_none=True)
+        terms = bridged_loss(model, MaskedBatch(recon, labels), pairs, 0.0, "eos_bridged", "causal")
+        terms["loss"].backward()
+        assert not calls and "recon" not in terms and "infonce" in terms
+        mixed = bridged_loss(model, MaskedBatch(recon, labels), pairs, 0.5, "eos_bridged", "causal")
+        assert calls and set(mixed) == {"recon", "infonce", "loss"}
+        calls.clear()
+        only = bridged_loss(model, MaskedBatch(recon, labels), None, 1.0, "eos_bridged", "causal")
+        assert calls and "infonce" not in only
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
