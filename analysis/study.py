@@ -156,7 +156,7 @@ def _train_job(recipe: str, overrides: list[str], out: str, workers: int) -> Non
 
 def _capture_job(checkpoint: str, out: str, spec: dict, seed: int, workers: int) -> None:
     _threads(workers)
-    from analysis.lens.capture import capture
+    from analysis.lens.recorder import capture
 
     capture(checkpoint, spec["dataset"], spec["masks"], Path(out) / "probe", n=spec["n"], seed=seed, patterns="eos")
     capture(checkpoint, spec["dataset"], spec["masks"], Path(out) / "flow", n=spec["flow_n"], seed=seed,
@@ -250,9 +250,10 @@ class Study:
             for nb in PER_RUN_NOTEBOOKS:
                 if nb in self.config.notebooks:
                     out = self.root / "notebooks" / run.name / nb
-                    params = dict(checkpoint=str(run.checkpoint), capture_dir=str(run.captures / "probe"),
-                                  flow_dir=str(run.captures / "flow"), mask_types=masks, seed=run.seed,
+                    params = dict(capture_dir=str(run.captures / "probe"), mask_types=masks, seed=run.seed,
                                   output_dir=str(out))
+                    if nb == "attention_flow":
+                        params.update(checkpoint=str(run.checkpoint), flow_dir=str(run.captures / "flow"))
                     jobs.append((nb, out, params))
         if "ablation_summary" in self.config.notebooks:
             out = self.root / "notebooks" / "summary" / "ablation_summary"
@@ -296,15 +297,12 @@ def _execute_notebook(name: str, out: Path, params: dict) -> None:
     write_json(out / "params.json", params)
 
 
-def run_study(config_path: str | Path, progress: bool = True) -> list[Outcome]:
-    return Study(StudyConfig.load(config_path), progress).run()
-
-
 def _study_command(args) -> int:
-    outcomes = run_study(args.config)
+    config = StudyConfig.load(args.config)
+    outcomes = Study(config).run()
     failed = [o for o in outcomes if o.status == "failed"]
     summary = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    print(f"study finished: {summary}; report in {StudyConfig.load(args.config).report_dir}/report.md")
+    print(f"study finished: {summary}; report in {config.report_dir}/report.md")
     for o in failed:
         print(f"  FAILED {o.step} {o.target}: {o.error}")
     return 1 if failed and args.strict else 0

@@ -28,7 +28,7 @@ import torch
 
 from analysis.inputs import encode
 from analysis.lens import boot, capture
-from analysis.lens.capture import Recorder
+from analysis.lens.recorder import Recorder
 from analysis.lens.sources import samples
 from analysis.lens.store import ShardWriter
 from analysis.models import build_processor, build_tiny

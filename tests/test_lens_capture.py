@@ -15,7 +15,7 @@ from analysis.lens.sources import samples
 from analysis.masks import PAD, A
 from analysis.models import build_tiny
 
-capture_module = importlib.import_module("analysis.lens.capture")  # the package exports the function of that name
+capture_module = importlib.import_module("analysis.lens.recorder")
 SETTINGS = dict(n=30, with_target=True, patterns="eos+b", batch_size=8, shard_size=12)
 
 

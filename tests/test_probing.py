@@ -73,6 +73,10 @@ def test_probe_attributes_skips_unprobeable_attributes():
     assert res["colour"]["accuracy"][1] > 0.85
     assert res["size"] == {"skipped": "fewer than 2 classes"}
     assert res["count"] == {"skipped": "smallest class has 2 samples, fewer than cv=3 folds"}
+    digits_only = [None] * 60 + colours[60:]  # samples without the label are left out
+    partial = probe_attributes(states, {"colour": digits_only}, cv=3)["colour"]
+    assert partial["accuracy"][1] > 0.85
+    assert probe_attributes(states, {"digit": [None] * 120}, cv=3)["digit"] == {"skipped": "no sample has this label"}
     few_types = probe_attributes(states, {"colour": colours}, types=[i % 2 for i in range(120)], cv=3, grouped=True)
     assert few_types["colour"] == {"skipped": "2 distinct types, fewer than cv=3 folds"}
 

@@ -5,21 +5,24 @@ Qwen2-VL gap); `capture` streams per-sample EOS states and pattern rows to disk 
 `Capture.open` reads them back lazily; `knockout` cuts attention edges between roles in chosen layers.
 """
 
-from analysis.lens.bridge import boot, check_hook_names
-from analysis.lens.capture import Recorder, capture, open_model, run_batch
-from analysis.lens.knockout import (
-    GROUPS,
-    blocked,
-    evaluate_knockout,
-    knockout,
-    knockout_embed_items,
-    knockout_eos_states,
-)
-from analysis.lens.qwen2_vl_adapter import Qwen2VLArchitectureAdapter
-from analysis.lens.sources import DATASETS, Sample
-from analysis.lens.store import PATTERNS, Capture
-from analysis.lens.validate import check_batch
+import importlib
 
-__all__ = ["boot", "check_hook_names", "Recorder", "capture", "open_model", "run_batch", "GROUPS", "blocked",
-           "evaluate_knockout", "knockout", "knockout_embed_items", "knockout_eos_states", "Qwen2VLArchitectureAdapter",
-           "DATASETS", "Sample", "PATTERNS", "Capture", "check_batch"]
+# name -> submodule; imported on first use so that reading a capture (numpy only) does not pay for
+# importing TransformerLens and transformers.
+_EXPORTS = {
+    "boot": "bridge", "check_hook_names": "bridge",
+    "Recorder": "recorder", "capture": "recorder", "open_model": "recorder", "run_batch": "recorder",
+    "GROUPS": "knockout", "blocked": "knockout", "evaluate_knockout": "knockout", "knockout": "knockout",
+    "knockout_embed_items": "knockout", "knockout_eos_states": "knockout",
+    "Qwen2VLArchitectureAdapter": "qwen2_vl_adapter",
+    "DATASETS": "sources", "Sample": "sources",
+    "PATTERNS": "store", "Capture": "store",
+    "check_batch": "validate",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'analysis.lens' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"analysis.lens.{_EXPORTS[name]}"), name)

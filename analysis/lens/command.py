@@ -13,7 +13,7 @@ from analysis.masks import MASK_TYPES
 def _capture(args: argparse.Namespace) -> int:
     import torch
 
-    from analysis.lens.capture import capture
+    from analysis.lens.recorder import capture
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -129,17 +129,24 @@ def probe_attributes(
 ) -> dict[str, dict]:
     """Probe several attributes of the same states ``[N, layers, d]``.
 
-    attributes: ``{name: labels [N]}`` (colour, shape, size, position, count, digit, ...).
+    attributes: ``{name: labels [N]}`` (colour, shape, size, position, count, digit, ...); samples
+    whose label is None (e.g. a digit has no colour) are left out of that attribute's probe.
     Returns ``{name: LayerProbe results}``; an attribute that cannot be probed (fewer than 2
     classes, a class or the types smaller than the folds) maps to ``{"skipped": reason}``.
     """
     probe = LayerProbe(**probe_kwargs)
+    x = as_numpy(states)
     results: dict[str, dict] = {}
     for name, labels in attributes.items():
-        codes, _ = _encode(labels)
-        groups = _encode(types)[0] if types is not None and probe.grouped else None
-        reason = _skip_reason(codes, groups, probe.cv)
-        results[name] = {"skipped": reason} if reason else probe.fit(states, labels, types).score()
+        keep = np.array([label is not None for label in labels], dtype=bool)
+        kept = [label for label in labels if label is not None]
+        kept_types = None if types is None else [t for t, k in zip(types, keep) if k]
+        if not kept:
+            results[name] = {"skipped": "no sample has this label"}
+            continue
+        groups = _encode(kept_types)[0] if kept_types is not None and probe.grouped else None
+        reason = _skip_reason(_encode(kept)[0], groups, probe.cv)
+        results[name] = {"skipped": reason} if reason else probe.fit(x[keep], kept, kept_types).score()
     return results
 
 

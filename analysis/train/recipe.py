@@ -68,7 +68,10 @@ class Backbone:
 
 @dataclass
 class Stage:
-    """Optimisation settings shared by every stage: AdamW, linear warm-up then `schedule`."""
+    """Optimisation settings shared by every stage: AdamW, linear warm-up then `schedule`.
+
+    `vision_lr_scale` multiplies the learning rate of the vision tower (a from-scratch tiny ViT learns
+    slower than the decoder at the same rate)."""
 
     steps: int = 100
     lr: float = 1e-3
@@ -77,8 +80,10 @@ class Stage:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    vision_lr_scale: float = 1.0
 
     def validate(self, path: str) -> None:
+        _positive(self.vision_lr_scale, f"{path}.vision_lr_scale")
         if self.steps < 0:
             raise ValueError(f"{path}.steps must be >= 0; got {self.steps}")
         _positive(self.lr, f"{path}.lr")

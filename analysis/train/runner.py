@@ -143,10 +143,14 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
     """Optimise `model` (and, in warm-up, `decoder`) over `batches`; return the per-step loss curve."""
     cfg = getattr(recipe.stages, stage)
     torch.manual_seed(derived_seed(recipe.seed, stage, "torch"))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    vision = [p for n, p in named if ".visual." in f".{n}"]
+    other = [p for n, p in named if ".visual." not in f".{n}"]
     if stage == "warmup" and decoder is not None:
-        params += list(decoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        other += list(decoder.parameters())
+    params = vision + other
+    groups = [{"params": other}] + ([{"params": vision, "lr": cfg.lr * cfg.vision_lr_scale}] if vision else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = stage_loss_fn(recipe, stage, model, decoder)
     model.train()
