@@ -1,5 +1,7 @@
 """Objectives: MNTP shift, MAE masking, InfoNCE, and truncation shown by gradients (not by reading the mask)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -189,10 +191,9 @@ def test_info_nce_ignores_duplicate_targets():
 
 def test_lambda_zero_never_runs_the_recon_branch(tiny):
     _, model, processor = tiny
-    recon, _, _ = _recon(model, processor, mntp_prob=0.7)
     from analysis.train.objectives import MaskedBatch
 
-    labels = _recon(model, processor, mntp_prob=0.7)[1]
+    recon, labels, _ = _recon(model, processor, mntp_prob=0.7)
     pairs = pair_batch(processor, model, training_examples(4, seed=3))
     calls = []
     handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
@@ -201,6 +202,13 @@ def test_lambda_zero_never_runs_the_recon_branch(tiny):
         terms = bridged_loss(model, MaskedBatch(recon, labels), pairs, 0.0, "eos_bridged", "causal")
         terms["loss"].backward()
         assert not calls and "recon" not in terms and "infonce" in terms
+        mixed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        from analysis.train.objectives import contrastive_loss
+
+        contrastive_loss(model, pairs, "causal").backward()
+        pure = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert mixed_grads.keys() == pure.keys() and all(torch.equal(mixed_grads[n], pure[n]) for n in pure)
         mixed = bridged_loss(model, MaskedBatch(recon, labels), pairs, 0.5, "eos_bridged", "causal")
         assert calls and set(mixed) == {"recon", "infonce", "loss"}
         calls.clear()
@@ -209,3 +217,27 @@ def test_lambda_zero_never_runs_the_recon_branch(tiny):
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
+
+
+def test_text_hard_negatives_change_one_attribute_and_never_make_held_out_combinations():
+    import random
+
+    from analysis.train.batches import perturb_text
+
+    rng = random.Random(0)
+    text = "a large red circle at the top left and a small blue square at the bottom right"
+    for _ in range(200):
+        neg = perturb_text(text, rng)
+        assert sum(a != b for a, b in zip(text.split(), neg.split())) == 1 and len(neg.split()) == len(text.split())
+    assert all("green diamond" not in perturb_text("a green square", rng) for _ in range(200))  # held out (OOD)
+    assert perturb_text("describe the image .", rng) is None
+
+
+def test_info_nce_extra_targets_are_negatives_unless_they_equal_the_positive():
+    q, t = torch.eye(2, 4), torch.eye(2, 4)
+    base = info_nce(q, t, 0.5, ["a", "b"])
+    near = torch.cat([t, (t[:1] + 0.1 * t[1:]) / 1.005])  # a hard negative close to query 0's positive
+    assert info_nce(q, near, 0.5, ["a", "b", "a2"]) > base
+    one, two = torch.eye(1, 4), torch.cat([torch.eye(1, 4), torch.eye(1, 4)])
+    assert info_nce(one, two, 0.5, ["a", "x"]) == pytest.approx(math.log(2))
+    assert info_nce(one, two, 0.5, ["a", "a"]) == pytest.approx(0.0)  # the same item as the positive: masked

@@ -21,8 +21,9 @@ def _recipe(name="t", **extra) -> Recipe:
     return apply_overrides(Recipe(name=name), sets)
 
 
-@pytest.mark.parametrize("stage, recon_weight, key", [("pretrain", 1.0, "loss"), ("warmup", 1.0, "loss"), ("bridged", 1.0, "recon"),
-                                                      ("bridged", 0.5, "infonce"), ("contrastive", 1.0, "loss")])
+@pytest.mark.parametrize("stage, recon_weight, key", [
+    ("pretrain", 1.0, "loss"), ("warmup", 1.0, "loss"), ("bridged", 1.0, "recon"), ("bridged", 0.5, "infonce"),
+    ("contrastive", 1.0, "loss")])
 def test_loss_falls_on_a_small_budget(stage, recon_weight, key):
     steps = 30
     recipe = apply_overrides(Recipe(name="fall"), [
@@ -139,3 +140,23 @@ def test_lora_backbone_trains_adapters_only(tmp_path):
     out = train(recipe, tmp_path / "lora", progress=False)
     assert (out / "stages" / "bridged" / "adapter_model.safetensors").is_file()
     assert not any("lora" in k for k in load_file(str(out / "model.safetensors")))
+
+
+def test_backbone_can_be_a_base_recipe_trained_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("COCOA_LENS_BASES", str(tmp_path / "bases"))
+    base = apply_overrides(Recipe(name="base"), ["stages.pretrain.steps=2", "stages.pretrain.batch_size=4",
+                                                 "backbone.hidden_size=32", "backbone.vision_width=32",
+                                                 "eval.n_per_dataset=0", "device=cpu"])
+    (tmp_path / "base.yaml").write_text(base.to_yaml())
+    child = apply_overrides(Recipe(name="child"), [f"backbone.name={tmp_path / 'base.yaml'}",
+                                                   "stages.contrastive.steps=1", "stages.contrastive.batch_size=4",
+                                                   "eval.n_per_dataset=0", "device=cpu"])
+    first = runner.base_checkpoint(child.backbone.name, progress=False)
+    assert first.parent == tmp_path / "bases" and runner.is_complete(first)
+    assert runner.base_checkpoint(child.backbone.name, progress=False) == first  # cached
+    out = train(child, tmp_path / "child", progress=False)
+    from analysis.models import load_checkpoint
+
+    assert load_checkpoint(out)[0].config.text_config.hidden_size == 32
+    with pytest.raises(ValueError, match="apply to the tiny backbones"):
+        apply_overrides(child, ["backbone.hidden_size=64"])

@@ -16,8 +16,8 @@ from analysis.train.objectives import (
     warmup_loss,
 )
 from analysis.train.recipe import STAGE_NAMES, Recipe, apply_overrides, load_recipe
-from analysis.train.runner import RecipeMismatch, is_complete, score, train
+from analysis.train.runner import RecipeMismatch, base_checkpoint, is_complete, score, train
 
-__all__ = ["MAEDecoder", "Recipe", "RecipeMismatch", "STAGE_NAMES", "apply_overrides", "bridged_loss",
-           "contrastive_loss", "info_nce", "is_complete", "load_recipe", "mae_loss", "mntp_loss", "mntp_mask",
-           "recon_loss", "score", "train", "warmup_loss"]
+__all__ = ["MAEDecoder", "Recipe", "RecipeMismatch", "STAGE_NAMES", "apply_overrides", "base_checkpoint",
+           "bridged_loss", "contrastive_loss", "info_nce", "is_complete", "load_recipe", "mae_loss", "mntp_loss",
+           "mntp_mask", "recon_loss", "score", "train", "warmup_loss"]

@@ -9,7 +9,8 @@ Layouts built from one (query, positive) pair:
 - warm-up:   `[image][query text + positive text][EOS]` (the pair's image; all of its text)
 - bridged:   `[A][EOS][B]` with A = query and B = the positive's text; when the positive has no text
              (text->image retrieval, grounding crops), A = the positive image and B = the query text
-- contrastive: `[query][EOS]` and `[positive][EOS]`, encoded in one batch (queries first)
+- contrastive: `[query][EOS]` and `[positive][EOS]`, encoded in one batch (queries first), plus optional
+             text hard negatives (a positive text with one attribute word changed) as extra targets
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import torch
 
 from analysis.data import TASK_NAMES, training_examples
 from analysis.data.items import Example, Item
+from analysis.data.shapes import HELD_OUT
+from analysis.data.vocabulary import COLOURS, COLUMNS, NUMBERS, ROWS, SHAPES, SIZES
 from analysis.inputs import encode
 from analysis.masks import A, B
-from analysis.train.objectives import MaskedBatch, PairBatch, mae_token_mask, mntp_mask, text_candidates
+from analysis.train.objectives import MaskedBatch, PairBatch, base_model, mae_token_mask, mntp_mask, text_candidates
 
 
 def derived_seed(*parts: object) -> int:
@@ -77,10 +80,43 @@ def caption_batch(processor, model, examples: list[Example], max_text_tokens: in
     return MaskedBatch(batch, labels)
 
 
-def pair_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None) -> PairBatch:
+ATTRIBUTE_WORDS = (COLOURS, SHAPES, SIZES, ROWS, COLUMNS, NUMBERS)
+
+
+def perturb_text(text: str, rng: random.Random) -> str | None:
+    """`text` with one attribute word (colour, shape, size, row, column or number) replaced by another of
+    its kind: a hard negative differing in one attribute, like mini-MMEB's. None if `text` has no such
+    word. Never creates a held-out (OOD) colour-shape combination, so no OOD pairing leaks into training."""
+    words = text.split()
+    spots = [(i, kind) for i, w in enumerate(words) for kind in ATTRIBUTE_WORDS if w in kind]
+    rng.shuffle(spots)
+    for i, kind in spots:
+        options = [w for w in kind if w != words[i]]
+        rng.shuffle(options)
+        for option in options:
+            new = words[:i] + [option] + words[i + 1:]
+            pairs = zip(new, new[1:])
+            if not any((c, sh) in HELD_OUT for c, sh in pairs):
+                return " ".join(new)
+    return None
+
+
+def pair_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None,
+               hard_negatives: int = 0, rng: random.Random | None = None) -> PairBatch:
+    """Queries, their positives, then up to `hard_negatives` perturbed texts per text positive (extra targets)."""
     queries, positives = [ex.query for ex in examples], [ex.positive for ex in examples]
-    batch = encode(processor, model, queries + positives, max_text_tokens=max_text_tokens)
-    return PairBatch(batch, len(examples), [p.key for p in positives])
+    extra: list[Item] = []
+    rng = rng or random.Random(0)
+    for p in positives:
+        if p.image is not None or not p.text:
+            continue
+        for _ in range(hard_negatives):
+            text = perturb_text(p.text, rng)
+            if text is not None:
+                extra.append(Item(text))
+    targets = positives + extra
+    batch = encode(processor, model, queries + targets, max_text_tokens=max_text_tokens)
+    return PairBatch(batch, len(examples), [t.key for t in targets])
 
 
 class TaskSchedule:
@@ -109,6 +145,7 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
     """`step -> {"recon"/"warmup": MaskedBatch, "pairs": PairBatch}` for one stage of `recipe`."""
     cfg = getattr(recipe.stages, stage)
     limit = recipe.data.max_text_tokens
+    model = base_model(model)  # position ids come from the HF model, also under a peft wrapper
 
     def make(step: int) -> dict:
         examples = stage_examples(recipe, stage, step, cfg.batch_size)
@@ -116,12 +153,14 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
         if stage == "pretrain":
             return {"recon": caption_batch(processor, model, examples, limit)}
         if stage == "warmup":
-            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, cfg.mae_ratio, mask_id, gen, limit)}
+            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, cfg.mae_ratio, mask_id, gen,
+                                           limit)}
         out = {}
         if stage == "bridged" and recipe.recon_weight > 0:
             out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)
         if stage == "contrastive" or recipe.recon_weight < 1:
-            out["pairs"] = pair_batch(processor, model, examples, limit)
+            rng = random.Random(derived_seed(recipe.seed, stage, step, "negatives"))
+            out["pairs"] = pair_batch(processor, model, examples, limit, recipe.data.hard_negatives, rng)
         return out
 
     return make

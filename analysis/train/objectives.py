@@ -11,6 +11,7 @@
 - **InfoNCE**: query -> target cross-entropy over in-batch targets on L2-normalised last-layer EOS states
   (`analysis.embed.eos_states`), temperature 0.02. Other in-batch targets identical to the positive (same
   `Item.key`, e.g. two "red" answers) are removed from the negatives. `symmetric=True` adds target -> query.
+  Optional extra targets (text hard negatives, `analysis.train.batches.perturb_text`) only add negatives.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from analysis.embed import eos_states
 from analysis.inputs import Batch
-from analysis.masks import A, B, additive_mask
+from analysis.masks import A, additive_mask
 
 IGNORE = -100
 MASK_FALLBACKS = ("<|fim_pad|>", "_")
@@ -121,7 +122,7 @@ class MAEDecoder(nn.Module):
 
 
 def mae_token_mask(image_grid_thw: Int[Tensor, "images 3"], ratio: float, merge: int = 4,
-                   generator: torch.Generator | None = None) -> Bool[Tensor, "tokens"]:
+                   generator: torch.Generator | None = None) -> Bool[Tensor, " tokens"]:
     """Choose round(ratio * n) of each image's n merged tokens (at least 1, at most n-1)."""
     out = []
     for n in (image_grid_thw.prod(-1) // merge).tolist():
@@ -132,15 +133,15 @@ def mae_token_mask(image_grid_thw: Int[Tensor, "images 3"], ratio: float, merge:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def mask_pixels(pixel_values: Float[Tensor, "patches patch_dim"], token_mask: Bool[Tensor, "tokens"],
-                mask_token: Float[Tensor, "patch_dim"], merge: int = 4) -> Tensor:
+def mask_pixels(pixel_values: Float[Tensor, "patches patch_dim"], token_mask: Bool[Tensor, " tokens"],
+                mask_token: Float[Tensor, " patch_dim"], merge: int = 4) -> Tensor:
     """Replace the `merge` patch rows of every masked merged token by `mask_token` (before the vision tower)."""
     rows = token_mask.to(pixel_values.device).repeat_interleave(merge).unsqueeze(-1)
     return torch.where(rows, mask_token.to(pixel_values.dtype).expand_as(pixel_values), pixel_values)
 
 
 def mae_loss(decoder: MAEDecoder, image_states: Float[Tensor, "tokens d_model"],
-             pixel_values: Float[Tensor, "patches patch_dim"], token_mask: Bool[Tensor, "tokens"]) -> Tensor:
+             pixel_values: Float[Tensor, "patches patch_dim"], token_mask: Bool[Tensor, " tokens"]) -> Tensor:
     """MSE between decoded and original (normalised) pixels of the masked merged tokens."""
     token_mask = token_mask.to(image_states.device)
     pred = decoder(image_states[token_mask]).float()
@@ -149,19 +150,22 @@ def mae_loss(decoder: MAEDecoder, image_states: Float[Tensor, "tokens d_model"],
 
 
 # -- InfoNCE ---------------------------------------------------------------------------------------
-def info_nce(query: Float[Tensor, "n d"], target: Float[Tensor, "n d"], temperature: float = 0.02,
+def info_nce(query: Float[Tensor, "n d"], target: Float[Tensor, "m d"], temperature: float = 0.02,
              target_keys: list[str] | None = None, symmetric: bool = False) -> Tensor:
-    """In-batch InfoNCE on cosine similarity; duplicate targets (equal keys) are not used as negatives."""
+    """In-batch InfoNCE on cosine similarity: query i's positive is target i; targets beyond the n-th are
+    extra (hard) negatives. A target equal to query i's positive (same key) is not a negative for i."""
+    n = len(query)
     q, t = F.normalize(query.float(), dim=-1), F.normalize(target.float(), dim=-1)
     logits = q @ t.T / temperature
+    labels = torch.arange(n, device=logits.device)
     if target_keys is not None:
         codes = {k: i for i, k in enumerate(dict.fromkeys(target_keys))}
         ids = torch.tensor([codes[k] for k in target_keys], device=logits.device)
-        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=logits.device)
+        same = ids[:n, None] == ids[None, :]
+        same[labels, labels] = False
         logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(len(q), device=logits.device)
     loss = F.cross_entropy(logits, labels)
-    return (loss + F.cross_entropy(logits.T, labels)) / 2 if symmetric else loss
+    return (loss + F.cross_entropy(logits[:, :n].T, labels)) / 2 if symmetric else loss
 
 
 # -- prepared batches and batch-level losses --------------------------------------------------------
@@ -258,4 +262,4 @@ def bridged_loss(model, recon: MaskedBatch | None, pairs: PairBatch | None, reco
 
 __all__ = ["IGNORE", "MAEDecoder", "MaskedBatch", "PairBatch", "bridged_loss", "contrastive_loss", "forward_hidden",
            "info_nce", "input_embeddings", "mae_loss", "mae_token_mask", "mask_pixels", "mask_token_id", "mntp_loss",
-           "mntp_mask", "recon_loss", "text_candidates", "warmup_loss", "B"]
+           "mntp_mask", "recon_loss", "text_candidates", "warmup_loss"]

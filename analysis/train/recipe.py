@@ -33,12 +33,15 @@ BATCHING = ("task", "mixed")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # LLM projections and ViT projections of Qwen2-VL (fc1/fc2) and Qwen2.5-VL (gate/up/down, qkv/proj).
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "fc1", "fc2"]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "fc1",
+                "fc2"]
 
 
 @dataclass
 class Backbone:
-    """`name`: a tiny backbone (`tiny-qwen2.5-vl`, `tiny-qwen2-vl`) or a local HF directory.
+    """`name`: a tiny backbone (`tiny-qwen2.5-vl`, `tiny-qwen2-vl`), a local HF directory, or a recipe file
+    (`*.yaml` / `*.json`) whose final checkpoint is the starting point ("base"): it is trained on first use
+    and cached (see `analysis.train.runner.base_checkpoint`), as CoCoA starts from a pretrained Qwen2-VL.
 
     The sizes widen / deepen the tiny backbones only (None = `analysis.models` defaults).
     """
@@ -52,6 +55,10 @@ class Backbone:
     @property
     def is_tiny(self) -> bool:
         return self.name in TINY_BACKBONES
+
+    @property
+    def is_recipe(self) -> bool:
+        return self.name.endswith((".yaml", ".yml", ".json"))
 
     def tiny_sizes(self) -> dict[str, int]:
         return {k: v for k, v in (("hidden_size", self.hidden_size), ("num_hidden_layers", self.num_hidden_layers),
@@ -146,12 +153,12 @@ class ContrastiveStage(Stage):
 
 @dataclass
 class Stages:
-    """The stages to run, in this order; a stage that is null (or has 0 steps) is skipped."""
+    """The stages to run, in this order; a stage left out (null) or with 0 steps is skipped."""
 
     pretrain: PretrainStage | None = None
     warmup: WarmupStage | None = None
     bridged: BridgedStage | None = None
-    contrastive: ContrastiveStage | None = field(default_factory=ContrastiveStage)
+    contrastive: ContrastiveStage | None = None
 
     def active(self) -> list[tuple[str, Stage]]:
         return [(n, s) for n in STAGE_NAMES if (s := getattr(self, n)) is not None and s.steps > 0]
@@ -181,11 +188,15 @@ class Data:
 
     `batching: task` draws each batch from one task (tasks cycle in a seeded order), so in-batch
     negatives are same-task answers, as MMEB training does; `mixed` mixes all `tasks` in every batch.
+    A task listed twice is drawn twice as often. `hard_negatives` adds, per text target, that many
+    copies with one attribute word changed (colour, shape, size, row, column, number) as extra
+    negatives in every InfoNCE batch (contrastive stage and the λ < 1 branch of stage 2).
     """
 
     tasks: list[str] | None = None
     batching: str = "task"
     max_text_tokens: int | None = None
+    hard_negatives: int = 0
 
     def validate(self, path: str) -> None:
         _choice(self.batching, BATCHING, f"{path}.batching")
@@ -195,6 +206,8 @@ class Data:
                 raise ValueError(f"{path}.tasks: unknown or empty {unknown}; valid tasks: {', '.join(TASK_NAMES)}")
         if self.max_text_tokens is not None:
             _positive(self.max_text_tokens, f"{path}.max_text_tokens")
+        if self.hard_negatives < 0:
+            raise ValueError(f"{path}.hard_negatives must be >= 0; got {self.hard_negatives}")
 
 
 @dataclass
@@ -308,7 +321,8 @@ def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
                 break
             sub = _dataclass_of(hints[part])
             if sub is None:
-                raise ValueError(f"{'.'.join(parts[:depth + 1])} is a {hints[part]} value, it has no key {parts[depth + 1]!r}")
+                where = ".".join(parts[:depth + 1])
+                raise ValueError(f"{where} is a {hints[part]} value, it has no key {parts[depth + 1]!r}")
             if node.get(part) is None:
                 node[part] = dataclasses.asdict(sub())
             node, cls = node[part], sub

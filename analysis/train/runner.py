@@ -16,6 +16,8 @@ An interrupted run resumes from the last finished stage; a complete directory re
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -71,19 +73,66 @@ def autocast(device: torch.device):
 def build_model(recipe: Recipe, device: torch.device | None = None, checkpoint: str | Path | None = None):
     """`(model, processor)` for the recipe's backbone (or a stage `checkpoint`), on `device`, LoRA applied."""
     device = device or resolve_device(recipe)
+    with _no_hf_bars():
+        model, processor = _load_backbone(recipe, checkpoint)
+    if recipe.lora.enabled:
+        model = _with_lora(model, recipe, adapter=checkpoint)
+    return model.to(device), processor
+
+
+def _load_backbone(recipe: Recipe, checkpoint: str | Path | None):
     bb = recipe.backbone
     source = checkpoint if checkpoint is not None and not recipe.lora.enabled else None
     if source is not None:
-        model, processor = load_checkpoint(source, dtype=weight_dtype(recipe), attn_implementation=bb.attn_implementation)
+        model, processor = load_checkpoint(source, dtype=weight_dtype(recipe),
+                                           attn_implementation=bb.attn_implementation)
+    elif bb.is_recipe:
+        model, processor = load_checkpoint(base_checkpoint(bb.name), dtype=weight_dtype(recipe),
+                                           attn_implementation=bb.attn_implementation)
     elif bb.is_tiny:
         model, processor = build_tiny(bb.name, seed=recipe.seed, attn_implementation=bb.attn_implementation,
                                       **bb.tiny_sizes())
         model = model.to(weight_dtype(recipe))
     else:
-        model, processor = load_checkpoint(bb.name, dtype=weight_dtype(recipe), attn_implementation=bb.attn_implementation)
-    if recipe.lora.enabled:
-        model = _with_lora(model, recipe, adapter=checkpoint)
-    return model.to(device), processor
+        model, processor = load_checkpoint(resolve_path(bb.name), dtype=weight_dtype(recipe),
+                                           attn_implementation=bb.attn_implementation)
+    return model, processor
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`path` as given (relative to the working directory), else relative to the repository root."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    return REPO_ROOT / path
+
+
+def bases_dir() -> Path:
+    """Where base checkpoints made from recipes are cached: $COCOA_LENS_BASES or experiments/runs/bases."""
+    env = os.environ.get("COCOA_LENS_BASES")
+    return Path(env) if env else REPO_ROOT / "experiments" / "runs" / "bases"
+
+
+def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
+    """The final checkpoint of the recipe at `recipe_path`, trained first if it is not cached yet.
+
+    Cached as `bases_dir()/<stem>-<hash of the recipe>`, so editing the base recipe makes a new base.
+    """
+    path = resolve_path(recipe_path)
+    base = load_recipe(path)
+    digest = hashlib.sha1(base.to_yaml().encode()).hexdigest()[:10]
+    out = bases_dir() / f"{path.stem}-{digest}"
+    if is_complete(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # parallel study workers train it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(out):
+            tqdm.write(f"training base checkpoint {out} from {path} (once; cached)")
+        return train(base, out, progress=progress)
 
 
 def _with_lora(model, recipe: Recipe, adapter: str | Path | None = None):
@@ -96,7 +145,8 @@ def _with_lora(model, recipe: Recipe, adapter: str | Path | None = None):
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     targets = [t for t in recipe.lora.target_modules if t in names]
     if not targets:
-        raise ValueError(f"none of lora.target_modules {recipe.lora.target_modules} is a Linear in {type(model).__name__}")
+        raise ValueError(f"none of lora.target_modules {recipe.lora.target_modules} is a Linear in "
+                         f"{type(model).__name__}")
     config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                         target_modules=targets)
     return get_peft_model(model, config)
@@ -165,7 +215,8 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        curve.append({"step": step, **{k: float(v.detach()) for k, v in terms.items()}, "lr": scheduler.get_last_lr()[0]})
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        curve.append({"step": step, **values, "lr": scheduler.get_last_lr()[0]})
         scheduler.step()
         bar.update(1)
         if step % 10 == 0:
@@ -279,12 +330,12 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
             torch.manual_seed(derived_seed(recipe.seed, "mae-decoder"))
             decoder = make_decoder(model, processor).to(device)
         make = make_batch_fn(recipe, stage, processor, model, mask_id)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(cfg.steps)), device, progress)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         losses[stage] = curve
-        _save_stage(out, stage, model, processor, decoder,
-                    {"stage": stage, "steps": cfg.steps, "seconds": seconds, "losses": curve})
+        _save_stage(out, stage, model, processor, decoder, {"stage": stage, "steps": cfg.steps, "seconds": seconds,
+                                                            "cpu_seconds": cpu, "losses": curve})
         say(f"{recipe.name}: stage {stage} done ({cfg.steps} steps, {seconds:.1f}s, "
             f"loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f})")
     final = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
