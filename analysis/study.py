@@ -176,7 +176,7 @@ class Study:
 
     def __init__(self, config: StudyConfig, progress: bool = True):
         self.config = config
-        self.root = Path(config.out_dir)
+        self.root = Path(config.out_dir).resolve()  # notebooks run in their own folder: pass absolute paths
         self.progress = progress
         self.runs = [Run(c, s, self.root) for c in config.cells for s in config.seeds]
         self.outcomes: list[Outcome] = []

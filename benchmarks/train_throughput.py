@@ -6,7 +6,8 @@ For each stage (warm-up, EOS-bridged reconstruction, contrastive) the same pre-b
         the plain HF causal-LM loss over every position,
 with the same model weights at the start and the same optimizer (AdamW, same lr). Tokens = non-PAD
 positions. Data generation is excluded from both (it runs in a background thread during training).
-Prints the ratio ours/bare (target >= 0.9); never asserts.
+Prints the ratio ours/bare (target >= 0.9) from the best of alternating repeats (the CPU may be shared,
+and the least disturbed repeat is the best estimate); never asserts.
 
     python benchmarks/train_throughput.py [--steps 20] [--batch-size 32] [--threads 2] [--recipe FILE]
 """
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", help="recipe YAML (default: the embedded default with all three stages)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per loop and repeat")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median is reported")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="alternating repeats; the best (least disturbed by other processes) is reported")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     initial = copy.deepcopy(model.state_dict())
     mask_id = mask_token_id(processor.tokenizer)
     print(f"train throughput: {recipe.backbone.name} on {device} ({torch.get_num_threads()} threads), "
-          f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, median")
+          f"batch {args.batch_size}, {args.steps} steps x {args.repeats} alternating repeats, best of each")
     print(f"{'stage':<12} {'ours tok/s':>11} {'bare HF tok/s':>14} {'ratio':>6}")
     ratios = []
     for stage in ("warmup", "bridged", "contrastive"):
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
             ours.append(tokens / _ours(recipe, stage, model, decoder, batches, device))
             model.load_state_dict(initial)
             bare.append(tokens / _bare(model, batches, mask_of, cfg.lr, device))
-        o, b = statistics.median(ours), statistics.median(bare)
+        o, b = max(ours), max(bare)
         ratios.append(o / b)
         print(f"{stage:<12} {o:>11.0f} {b:>14.0f} {o / b:>6.2f}")
     print(f"overall ratio (geometric mean over stages): {statistics.geometric_mean(ratios):.2f}  (target >= 0.9)")

@@ -53,8 +53,7 @@ def _cell(values: list[float]) -> str:
 def _schedule(recipe) -> str:
     parts = []
     for name, stage in recipe.stages.active():
-        label = {"warmup": "warm-up", "bridged": f"bridged λ={recipe.recon_weight:g} ({stage.mask})",
-                 "contrastive": "contrastive"}[name]
+        label = f"bridged λ={recipe.recon_weight:g} ({stage.mask})" if name == "bridged" else name
         parts.append(f"{label} {stage.steps}")
     return " + ".join(parts) + f" = {recipe.total_steps()} steps; embed {recipe.embed_mask}"
 
@@ -104,7 +103,8 @@ def main(argv=None) -> int:
         cells = [_cell([f(s) for s in runs]) for _, f in COLUMNS]
         secs = statistics.fmean(s["train_seconds"] for s in runs)
         cpu = statistics.fmean(s["train_cpu_seconds"] for s in runs)
-        lines.append(f"| {labels.get(stem, stem)} | " + " | ".join(cells) + f" | {secs:.0f} | {cpu:.0f} |")
+        cpu_cell = f"{cpu:.0f}" if cpu == cpu else "n/a"
+        lines.append(f"| {labels.get(stem, stem)} | " + " | ".join(cells) + f" | {secs:.0f} | {cpu_cell} |")
     lines += ["", "Schedules:", ""]
     lines += [f"- `{stem}`: {_schedule(r)}" for stem, r in recipes.items()]
     first = next(iter(results.values()))[0]

@@ -19,13 +19,6 @@ capture_module = importlib.import_module("analysis.lens.recorder")
 SETTINGS = dict(n=30, with_target=True, patterns="eos+b", batch_size=8, shard_size=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_vl():

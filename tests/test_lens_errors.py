@@ -13,14 +13,6 @@ from analysis.lens import Capture, boot, capture, check_batch, check_hook_names,
 from analysis.models import build_tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_pair():
     return build_tiny("tiny-qwen2.5-vl", seed=4)

@@ -14,14 +14,6 @@ from analysis.masks import EOS, MASK_TYPES
 from analysis.models import build_tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
 def two_images(request):
     """Two different images with the same text and the same B target."""

@@ -22,14 +22,6 @@ from analysis.models import TINY_BACKBONES
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is fastest, and immune to the other jobs sharing the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def mixed_batch(processor, model):
     """4 samples: image+text with B, text-only without B, a 56px crop (other grid) with B, image+text with B."""

@@ -4,7 +4,7 @@ Output directory (itself a Hugging Face checkpoint once complete):
 
     out_dir/recipe.yaml               the recipe (written first; a different recipe is refused)
     out_dir/stages/<stage>/           one checkpoint per finished stage (written to a temp dir, then renamed)
-        stage.json                    {stage, steps, seconds, losses: [{step, loss, <terms>, lr}, ...]}
+        stage.json                    {stage, steps, seconds, cpu_seconds, losses: [{step, loss, <terms>, lr}]}
         train_heads.safetensors       warm-up only: the MAE decoder + pixel mask token (training-only)
     out_dir/config.json, model.safetensors, tokenizer/processor files    the final model
     out_dir/losses.json               per-stage loss curves
@@ -111,9 +111,14 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def bases_dir() -> Path:
-    """Where base checkpoints made from recipes are cached: $COCOA_LENS_BASES or experiments/runs/bases."""
+    """Where base checkpoints made from recipes are cached: $COCOA_LENS_BASES or experiments/bases.
+
+    The repository ships the tiny base captioner there (3.4 MB; `cocoa-lens train --recipe
+    experiments/recipes/base_captioner.yaml --out DIR` remakes it), so `make study` need not spend
+    its ten minutes pre-training the backbone every ablation cell starts from.
+    """
     env = os.environ.get("COCOA_LENS_BASES")
-    return Path(env) if env else REPO_ROOT / "experiments" / "runs" / "bases"
+    return Path(env) if env else REPO_ROOT / "experiments" / "bases"
 
 
 def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
@@ -272,6 +277,8 @@ def _save_stage(out: Path, stage: str, model, processor, decoder: MAEDecoder | N
     """Write the stage checkpoint into a temp dir beside its final place, then rename it (atomic)."""
     root = out / "stages"
     root.mkdir(exist_ok=True)
+    for stale in root.glob(f".{stage}.*"):  # left by a run interrupted while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", dir=root))
     with _no_hf_bars():
         if hasattr(model, "peft_config"):
