@@ -166,7 +166,7 @@ def test_mae_masks_whole_merged_tokens_before_the_vision_tower(tiny):
     batch = encode(processor, model, [Item("", render(s), key=f"m{i}") for i, s in enumerate(SCENES)])
     tokens = mae_token_mask(batch.image_grid_thw, 0.5, 4, torch.Generator().manual_seed(0))
     assert tokens.shape == (int(batch.is_image.sum()),) and tokens.sum() == 16  # 8 of each image's 16 tokens
-    decoder = MAEDecoder(model.config.text_config.hidden_size, batch.pixel_values.shape[1])
+    decoder = MAEDecoder(model.config.text_config.hidden_size, batch.pixel_values.shape[1], learned_mask_token=True)
     with torch.no_grad():
         decoder.mask_token.fill_(7.0)
     masked = mask_pixels(batch.pixel_values, tokens, decoder.mask_token)

@@ -4,9 +4,10 @@
   token; the label of a masked token i sits at position i and is predicted from the hidden state at
   position i-1 (so the first B token of `[A][EOS][B]` is predicted from the EOS state).
 - **MAE**: merged image tokens (Qwen's 2x2 patch groups, the granularity of the LLM's `<|image_pad|>`
-  tokens) are masked *before the vision tower*: their 4 rows of `pixel_values` are replaced by a learned
-  pixel-space mask vector. A small MLP decoder maps the LLM's last-layer state at each masked image token
-  back to its 4 patches; loss = MSE against the processor-normalised pixels, masked tokens only.
+  tokens) are masked *before the vision tower*: their 4 rows of `pixel_values` are replaced by a
+  pixel-space mask vector (zeros = the normalised mean colour; optionally learned). A small MLP decoder
+  maps the LLM's last-layer state at each masked image token back to its 4 patches; loss = MSE against
+  the processor-normalised pixels, masked tokens only.
 - **Reconstruction** (stage 2): MNTP on the masked B tokens of `[A][EOS][B]` under the stage's mask.
 - **InfoNCE**: query -> target cross-entropy over in-batch targets on L2-normalised last-layer EOS states
   (`analysis.embed.eos_states`), temperature 0.02. Other in-batch targets identical to the positive (same
@@ -106,15 +107,22 @@ def mntp_loss(hidden: Float[Tensor, "batch pos d_model"], labels: Int[Tensor, "b
 class MAEDecoder(nn.Module):
     """Pixel decoder owned by the training module: LLM image-token state -> its `merge` patches.
 
-    Also holds the learned pixel-space `mask_token` that replaces masked patch rows before the vision
-    tower. Saved with the warm-up stage checkpoint (`train_heads.safetensors`); not part of the HF model.
+    Also holds the pixel-space `mask_token` that replaces masked patch rows before the vision tower: zeros
+    by default (in processor-normalised space, the dataset mean colour), or a learned vector with
+    `learned_mask_token=True` (SimMIM style; it costs an input-gradient through the patch embedding,
+    ~10% of a tiny warm-up step). Saved with the warm-up stage checkpoint (`train_heads.safetensors`);
+    not part of the HF model.
     """
 
-    def __init__(self, d_model: int, patch_dim: int, merge: int = 4, hidden: int | None = None):
+    def __init__(self, d_model: int, patch_dim: int, merge: int = 4, hidden: int | None = None,
+                 learned_mask_token: bool = False):
         super().__init__()
         hidden = hidden or d_model
         self.merge, self.patch_dim = merge, patch_dim
-        self.mask_token = nn.Parameter(torch.zeros(patch_dim))
+        if learned_mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(patch_dim))
+        else:
+            self.register_buffer("mask_token", torch.zeros(patch_dim))
         self.net = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, merge * patch_dim))
 
     def forward(self, states: Float[Tensor, "n d_model"]) -> Float[Tensor, "n merge patch_dim"]:
