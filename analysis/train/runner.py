@@ -358,6 +358,7 @@ def score(model, processor, recipe: Recipe, device: torch.device | None = None, 
     """Mini-MMEB P@1 (overall, meta-tasks, IND/OOD, hard/random, per dataset) under the recipe's embed_mask."""
     from analysis.data import build_mini_mmeb
     from analysis.evaluate import evaluate
+    from analysis.metrics.retrieval import mmeb_scores
 
     if recipe.eval.n_per_dataset == 0:
         return {"skipped": True}
@@ -365,23 +366,12 @@ def score(model, processor, recipe: Recipe, device: torch.device | None = None, 
     start = time.perf_counter()
     with autocast(device or torch.device("cpu")):
         result = evaluate(model, processor, datasets, recipe.embed_mask, recipe.eval.batch_size, progress=progress)
-    result["ind_overall"] = _mean([r["score"] for r in result["datasets"] if r["split"] == "ind"])
-    result["ind_meta_task"] = _group([r for r in result["datasets"] if r["split"] == "ind"], "meta_task")
-    result["ind_negatives"] = _group([r for r in result["datasets"] if r["split"] == "ind"], "negatives")
+    ind = mmeb_scores([r for r in result["datasets"] if r["split"] == "ind"], groups=("meta_task", "negatives"))
+    result.update(ind_overall=ind["overall"], ind_meta_task=ind["meta_task"], ind_negatives=ind["negatives"])
     result["embed_mask"] = recipe.embed_mask
     result["seconds"] = time.perf_counter() - start
     return result
 
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else float("nan")
-
-
-def _group(records: list[dict], key: str) -> dict[str, float]:
-    groups: dict[str, list[float]] = {}
-    for r in records:
-        groups.setdefault(r[key], []).append(r["score"])
-    return {k: _mean(v) for k, v in sorted(groups.items())}
 
 
 def load_heads(stage_dir: str | Path) -> dict[str, torch.Tensor]:
