@@ -204,18 +204,23 @@ def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes p
 
 
 def umap_scatter(
-    embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None
+    embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None,
+    coords=None,
 ) -> Figure:
     """2-D UMAP (cosine metric) of ``embeddings [N, d]`` coloured by ``labels [N]``.
-    The coordinates ``[N, 2]`` are stored on the figure as ``fig.cocoa_coords``."""
-    import umap  # slow to import; only here
-
+    The coordinates ``[N, 2]`` are stored on the figure as ``fig.cocoa_coords``; pass them back as
+    ``coords`` to colour the same map by other labels without fitting UMAP again."""
     x = as_numpy(embeddings)
     labels = [str(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
     if len(labels) != len(x):
         raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), metric="cosine", random_state=seed, n_jobs=1)
-    coords = reducer.fit_transform(x)
+    if coords is None:
+        import umap  # slow to import; only here
+
+        reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), metric="cosine", random_state=seed, n_jobs=1)
+        coords = reducer.fit_transform(x)
+    elif np.shape(coords) != (len(x), 2):
+        raise ValueError(f"coords must be [{len(x)}, 2] (a figure's cocoa_coords), got {np.shape(coords)}")
     with house_style():
         fig, ax = _figure((5.2, 4.2))
         palette = "tab10" if len(set(labels)) <= 10 else "husl"
@@ -313,4 +318,27 @@ def loss_curves(
         ax.set_ylabel("loss")
         ax.set_title(title)
         ax.legend(frameon=False)
+        return _finish(fig, save)
+
+
+def probe_bars(
+    rows: Sequence[Mapping], value: str = "eos", title: str = "Probe accuracy", ylabel: str = "accuracy", save=None
+) -> Figure:
+    """Grouped bars: probe ``value`` per attribute (x) and cell (hue), mean with sd over seeds as error
+    bars, each attribute's chance level as a black tick. rows: dicts with ``cell``, ``attribute``,
+    ``value`` and ``chance`` (`analysis.report.collect_probes`)."""
+    if not rows:
+        raise ValueError("no probe rows to plot: run the eos_probing notebooks first")
+    attributes = list(dict.fromkeys(r["attribute"] for r in rows))
+    with house_style():
+        fig, ax = _figure((1.4 * len(attributes) + 3.2, 3.8))
+        sns.barplot(x=[r["attribute"] for r in rows], y=[r[value] for r in rows], hue=[r["cell"] for r in rows],
+                    order=attributes, errorbar="sd", ax=ax)
+        for i, attribute in enumerate(attributes):
+            chance = np.mean([r["chance"] for r in rows if r["attribute"] == attribute])
+            ax.hlines(chance, i - 0.45, i + 0.45, colors="black", linewidth=1.5, label="chance" if i == 0 else None)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         return _finish(fig, save)

@@ -1,6 +1,7 @@
-"""The study's report: ablation table (mean ± sd over seeds), key figures, notebook links, failures.
+"""The study's report: ablation table (mean ± sd over seeds), probe table, key figures, notebook links, failures.
 
-`collect_scores(study_dir)` and `ablation_table(rows)` are shared with `notebooks/ablation_summary.ipynb`.
+`collect_scores`, `ablation_table`, `collect_probes` and `probe_table` are shared with
+`notebooks/ablation_summary.ipynb`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ STUDY_FILE = "study.json"
 COLUMNS = (("overall", "overall"), ("IND", "split.ind"), ("OOD", "split.ood"),
            ("cls", "meta_task.classification"), ("vqa", "meta_task.vqa"), ("ret", "meta_task.retrieval"),
            ("grd", "meta_task.grounding"), ("IND hard", "ind.negatives.hard"), ("IND random", "ind.negatives.random"))
-KEY_FIGURES = (("attention_flow", "eos_budget"), ("eos_probing", "probing_curves"),
-               ("embedding_umap", "umap"), ("compare_checkpoints", "cka"))
+# (notebook, figure stem, per run): per-run figures are shown for the compared cells under each cell's own mask
+KEY_FIGURES = (("attention_flow", "eos_budget", True), ("eos_probing", "probing_curves", True),
+               ("embedding_umap", "umap", True), ("compare_checkpoints", "cka", False))
 
 
 def summarise(records: list[dict]) -> dict[str, float]:
@@ -61,6 +63,48 @@ def collect_scores(study_dir: str | Path) -> list[dict]:
     return rows
 
 
+def collect_probes(study_dir: str | Path) -> list[dict]:
+    """One row per (captured checkpoint, attribute) from the `eos_probing` notebooks, read under the cell's
+    own mask type at the last layer: `{cell, seed, mask_type, recon_weight, attribute, eos, selectivity,
+    content, chance}` (`eos`: EOS-state probe accuracy; `content`: the mean-pooled A-token reference)."""
+    study_dir = Path(study_dir)
+    spec = json.loads((study_dir / STUDY_FILE).read_text())
+    rows = []
+    for cell in spec["cells"]:
+        for seed in spec["seeds"]:
+            metrics = study_dir / "notebooks" / f"{cell['name']}-s{seed}" / "eos_probing" / "metrics.json"
+            if not metrics.is_file():
+                continue
+            probes = json.loads(metrics.read_text())["probes"]
+            mask = cell["mask_type"]
+            for attribute, eos in probes.get(mask, {}).items():
+                content = probes.get(f"{mask}/content_mean", {}).get(attribute, {"accuracy": [math.nan]})
+                rows.append(dict(cell=cell["name"], seed=seed, mask_type=mask, recon_weight=cell["recon_weight"],
+                                 attribute=attribute, eos=eos["accuracy"][-1], selectivity=eos["selectivity"][-1],
+                                 content=content["accuracy"][-1], chance=eos["chance"]))
+    return rows
+
+
+def probe_table(rows: list[dict]) -> str:
+    """Markdown table of `collect_probes` rows: mean ± sd over seeds per (cell, attribute)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["cell"], r["attribute"]), []).append(r)
+    lines = ["| cell | mask type | λ | attribute | seeds | EOS probe | EOS selectivity | mean-pooled A | chance |",
+             "|" + "---|" * 9]
+    for (cell, attribute), group in groups.items():
+        stats = [_fmt(_mean_sd([g[k] for g in group])) for k in ("eos", "selectivity", "content", "chance")]
+        lines.append(f"| {cell} | {group[0]['mask_type']} | {group[0]['recon_weight']:g} | {attribute} | "
+                     f"{len(group)} | " + " | ".join(stats) + " |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
 def ablation_table(rows: list[dict]) -> list[dict]:
     """Rows grouped by cell: `{cell, mask_type, recon_weight, n_seeds, <key>: (mean, sd)}`."""
     cells: dict[str, list[dict]] = {}
@@ -71,9 +115,7 @@ def ablation_table(rows: list[dict]) -> list[dict]:
         entry = {k: group[0][k] for k in ("cell", "mask_type", "recon_weight", "note")}
         entry["n_seeds"] = len(group)
         for _, key in COLUMNS:
-            values = [g[key] for g in group if key in g]
-            entry[key] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan) \
-                if values else (math.nan, math.nan)
+            entry[key] = _mean_sd([g[key] for g in group if key in g])
         out.append(entry)
     return out
 
@@ -104,14 +146,15 @@ def write_report(study: "Study", seconds: float) -> Path:
     from analysis import plots
 
     config, root = study.config, study.root
-    report_dir = Path(config.report_dir)
+    report_dir = study.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     table = ablation_table(collect_scores(root))
+    steps = ", ".join(f"{step} {t / 60:.1f} min" for step, t in study.step_seconds.items())
     lines = [f"# cocoa-lens study `{config.name}`", "",
              f"Checkpoints in `{root}`; this run took {seconds / 60:.1f} min "
              f"({sum(o.status == 'done' for o in study.outcomes)} steps run, "
              f"{sum(o.status == 'skipped' for o in study.outcomes)} already done, "
-             f"{sum(o.status == 'failed' for o in study.outcomes)} failed).", "",
+             f"{sum(o.status == 'failed' for o in study.outcomes)} failed)" + (f": {steps}." if steps else "."), "",
              "## Ablation: mini-MMEB Precision@1 (mean ± sd over seeds)", "",
              "Each cell trains the same total number of steps. `IND hard` / `IND random`: in-distribution datasets "
              "whose negatives differ from the positive in one attribute / are random.", "",
@@ -123,14 +166,14 @@ def write_report(study: "Study", seconds: float) -> Path:
         plots.ablation_heatmap(heat, value_name="IND P@1", title="mini-MMEB IND P@1: mask type × λ",
                                save=report_dir / "ablation_heatmap")
         lines += ["![ablation heatmap](ablation_heatmap.png)", ""]
+    probes = collect_probes(root)
+    if probes:
+        lines += ["## What the EOS state holds: linear probes at the last layer (mean ± sd over seeds)", "",
+                  "Under each cell's own mask type; `mean-pooled A` probes the mean of the input's token states "
+                  "(the pooling CoCoA's EOS replaces); selectivity is accuracy minus a control task's.", "",
+                  probe_table(probes), ""]
     executed = sorted((root / "notebooks").glob("*/*/*.ipynb"))
-    figures = []
-    for notebook, stem in KEY_FIGURES:
-        found = sorted((root / "notebooks").glob(f"*/{notebook}/{stem}*.png"))
-        if found:
-            target = report_dir / f"{notebook}_{found[0].name}"
-            shutil.copyfile(found[0], target)
-            figures.append(f"![{notebook}: {found[0].parent.parent.name}]({target.name})")
+    figures = _key_figures(study, report_dir)
     if figures:
         lines += ["## Key figures", "", *figures, ""]
     lines += ["## Executed notebooks", ""]
@@ -140,3 +183,22 @@ def write_report(study: "Study", seconds: float) -> Path:
     lines += [f"- {o.step} `{o.target}`: {o.error}" for o in failed] or ["- none"]
     write_json(report_dir / "ablation.json", table)
     return atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _key_figures(study: "Study", report_dir: Path) -> list[str]:
+    """Copy the key figures into `report_dir`; returns their markdown lines. Per-run figures come from the
+    first captured seed of each compared cell (or of the first cell), under that cell's own mask type."""
+    names = study.config.compare or [study.config.cells[0].name]
+    runs = []
+    for name in names:
+        runs += [r for r in study.captured_runs() if r.cell.name == name][:1]
+    lines = []
+    for notebook, stem, per_run in KEY_FIGURES:
+        sources = ([(r.name, f"{stem}_{r.cell.mask_type}") for r in runs] if per_run else [("summary", stem)])
+        for folder, prefix in sources:
+            found = sorted((study.root / "notebooks" / folder / notebook).glob(f"{prefix}*.png"))
+            if found:
+                target = report_dir / f"{folder}_{found[0].name}"
+                shutil.copyfile(found[0], target)
+                lines.append(f"![{notebook}: {folder}]({target.name})")
+    return lines

@@ -12,10 +12,11 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from tqdm.auto import tqdm
@@ -27,6 +28,7 @@ from analysis.report import STUDY_FILE, write_report
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 PER_RUN_NOTEBOOKS = ("attention_flow", "eos_probing", "embedding_umap")
 SUMMARY_NOTEBOOKS = ("ablation_summary", "compare_checkpoints")
+STAMP_FILE = "stamp.json"  # in a capture or notebook folder: the settings (and inputs) it was made with
 
 
 @dataclass
@@ -43,13 +45,23 @@ class Cell:
 
 @dataclass
 class CaptureSpec:
-    """What each checkpoint is captured on: probing set (EOS rows) and a small full-pattern flow set."""
+    """What each checkpoint is captured on: probing set (EOS rows) and a small full-pattern flow set.
+
+    seeds: the training seeds whose checkpoints are captured (and get the per-run notebooks).
+    data_seed: draws the captured samples, the same for every checkpoint, so that any two captures line up
+        sample by sample (CKA and side-by-side comparisons need that).
+    """
 
     dataset: str = "mini-mmeb"
     n: int = 400
     flow_n: int = 8
     masks: list[str] = field(default_factory=lambda: list(MASK_TYPES))
     seeds: list[int] = field(default_factory=lambda: [0])
+    data_seed: int = 0
+
+    def settings(self) -> dict:
+        """What fixes a capture's content (everything but which checkpoints are captured)."""
+        return {k: v for k, v in asdict(self).items() if k != "seeds"}
 
 
 @dataclass
@@ -141,32 +153,59 @@ class Outcome:
 
 # -- workers (top level so a spawned process can import them) -------------------------------------
 
-def _threads(workers: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _train_job(recipe: str, overrides: list[str], out: str, workers: int) -> None:
-    _threads(workers)
+@contextmanager
+def share_cores(workers: int) -> Iterator[None]:
+    """Within the block, child processes (spawned workers, notebook kernels) each get cores // workers
+    threads for torch and BLAS. Without it every child's BLAS pool spins over all cores:
+    two probing kernels on 2 cores ran 35x slower than one (643 s against 19 s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = str(max(1, cores // max(1, workers)))
+    saved = {var: os.environ.get(var) for var in THREAD_VARS}
+    os.environ.update(dict.fromkeys(THREAD_VARS, share))
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _train_job(recipe: str, overrides: list[str], out: str) -> None:
     from analysis.train import train
 
     train(recipe, out, progress=False, overrides=overrides)
 
 
-def _capture_job(checkpoint: str, out: str, spec: dict, seed: int, workers: int) -> None:
-    _threads(workers)
+def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
+    """Capture `checkpoint` into `out/probe` and `out/flow`, resuming a capture begun with the same `spec`
+    (`CaptureSpec.settings()`); one begun with other settings is derived data and is captured afresh."""
+    import shutil
+
     from analysis.lens.recorder import capture
 
-    capture(checkpoint, spec["dataset"], spec["masks"], Path(out) / "probe", n=spec["n"], seed=seed, patterns="eos")
-    capture(checkpoint, spec["dataset"], spec["masks"], Path(out) / "flow", n=spec["flow_n"], seed=seed,
+    out = Path(out)
+    if out.exists() and _read_stamp(out) != spec:
+        shutil.rmtree(out)
+    write_json(out / STAMP_FILE, spec)
+    seed = spec["data_seed"]
+    capture(checkpoint, spec["dataset"], spec["masks"], out / "probe", n=spec["n"], seed=seed, patterns="eos")
+    capture(checkpoint, spec["dataset"], spec["masks"], out / "flow", n=spec["flow_n"], seed=seed,
             patterns="full", with_target=True)
 
 
-def _capture_complete(out: Path, masks: list[str]) -> bool:
-    return all((out / kind / m / "index.json").is_file() and
-               json.loads((out / kind / m / "index.json").read_text()).get("complete")
-               for kind in ("probe", "flow") for m in masks)
+def _read_stamp(folder: Path) -> dict | None:
+    file = folder / STAMP_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _capture_complete(out: Path, spec: dict) -> bool:
+    indices = [out / kind / m / "index.json" for kind in ("probe", "flow") for m in spec["masks"]]
+    return _read_stamp(out) == spec and all(i.is_file() and json.loads(i.read_text())["complete"] for i in indices)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -176,18 +215,21 @@ class Study:
 
     def __init__(self, config: StudyConfig, progress: bool = True):
         self.config = config
-        self.root = Path(config.out_dir).resolve()  # notebooks run in their own folder: pass absolute paths
+        self.root = Path(config.out_dir).resolve()  # notebooks get absolute paths
+        self.report_dir = Path(config.report_dir).resolve()
         self.progress = progress
         self.runs = [Run(c, s, self.root) for c in config.cells for s in config.seeds]
         self.outcomes: list[Outcome] = []
+        self.step_seconds: dict[str, float] = {}  # wall time of each step that had work to do
 
     def run(self) -> list[Outcome]:
         os.environ.setdefault("NUMBA_CACHE_DIR", str(self.root.parent / ".numba_cache"))
         write_json(self.root / STUDY_FILE, asdict(self.config))
         start = time.perf_counter()
-        self.train()
-        self.capture()
-        self.notebooks()
+        with share_cores(self.config.workers):
+            self.train()
+            self.capture()
+            self.notebooks()
         write_report(self, time.perf_counter() - start)
         return self.outcomes
 
@@ -201,6 +243,7 @@ class Study:
                 todo.append((target, fn, args))
         if not todo:
             return
+        t_step = time.perf_counter()
         pool = (ProcessPoolExecutor(self.config.workers, mp_context=get_context("spawn")) if processes
                 else ThreadPoolExecutor(self.config.workers))
         with pool, tqdm(total=len(todo), desc=step, disable=not self.progress) as bar:
@@ -215,13 +258,14 @@ class Study:
                     self.outcomes.append(Outcome(step, target, "failed", time.perf_counter() - t0, detail.strip()))
                     tqdm.write(f"{step} {target} FAILED: {detail.strip()}")
                 bar.update()
+        self.step_seconds[step] = time.perf_counter() - t_step
 
     def train(self) -> None:
         from analysis.train import is_complete
 
         jobs = [(run.name, is_complete(run.checkpoint), _train_job,
-                 (run.cell.recipe, [*self.config.recipe_set, *run.overrides], str(run.checkpoint),
-                  self.config.workers)) for run in self.runs]
+                 (run.cell.recipe, [*self.config.recipe_set, *run.overrides], str(run.checkpoint)))
+                for run in self.runs]
         self._parallel("train", jobs, processes=True)
 
     def trained(self) -> list[Run]:
@@ -233,10 +277,9 @@ class Study:
         return [r for r in self.trained() if r.seed in self.config.capture.seeds]
 
     def capture(self) -> None:
-        spec = asdict(self.config.capture)
-        jobs = [(run.name, _capture_complete(run.captures, spec["masks"]), _capture_job,
-                 (str(run.checkpoint), str(run.captures), spec, run.seed, self.config.workers))
-                for run in self.captured_runs()]
+        spec = self.config.capture.settings()
+        jobs = [(run.name, _capture_complete(run.captures, spec), _capture_job,
+                 (str(run.checkpoint), str(run.captures), spec)) for run in self.captured_runs()]
         self._parallel("capture", jobs, processes=True)
 
     # -- notebooks ---------------------------------------------------------------------------------
@@ -245,7 +288,7 @@ class Study:
         jobs = []
         masks = self.config.capture.masks
         for run in self.captured_runs():
-            if not _capture_complete(run.captures, masks):
+            if not _capture_complete(run.captures, self.config.capture.settings()):
                 continue
             for nb in PER_RUN_NOTEBOOKS:
                 if nb in self.config.notebooks:
@@ -259,7 +302,10 @@ class Study:
             out = self.root / "notebooks" / "summary" / "ablation_summary"
             jobs.append(("ablation_summary", out, dict(study_dir=str(self.root), output_dir=str(out))))
         if "compare_checkpoints" in self.config.notebooks and self.config.compare:
-            pair = [r for name in self.config.compare for r in self.captured_runs() if r.cell.name == name][:2]
+            first = {}  # cell -> its captured run of the lowest seed
+            for run in sorted(self.captured_runs(), key=lambda r: r.seed):
+                first.setdefault(run.cell.name, run)
+            pair = [first[name] for name in self.config.compare if name in first]
             if len(pair) == 2:
                 out = self.root / "notebooks" / "summary" / "compare_checkpoints"
                 jobs.append(("compare_checkpoints", out, dict(
@@ -272,29 +318,44 @@ class Study:
         return jobs
 
     def notebooks(self) -> None:
-        jobs = []
-        for nb, out, params in self.notebook_jobs():
-            target = str(out.relative_to(self.root))
-            jobs.append((target, _notebook_done(out, params), _execute_notebook, (nb, out, params)))
-        self._parallel("notebooks", jobs, processes=False)
+        """Per-run notebooks first, then the summaries, which read their results."""
+        jobs = self.notebook_jobs()
+        for step, names in (("notebooks", PER_RUN_NOTEBOOKS), ("summaries", SUMMARY_NOTEBOOKS)):
+            todo = []
+            for nb, out, params in jobs:
+                if nb in names:
+                    stamp = {"params": params, "inputs": self._inputs(nb)}
+                    todo.append((str(out.relative_to(self.root)), _notebook_done(out, stamp), _execute_notebook,
+                                 (nb, out, params, stamp)))
+            self._parallel(step, todo, processes=False)
+
+    def _inputs(self, notebook: str) -> list[str]:
+        """What a notebook's result depends on beyond its parameters: for the ablation summary, the trained
+        runs and probing results it reads (a resumed study that finishes more of them redoes it)."""
+        if notebook != "ablation_summary":
+            return []
+        return [r.name for r in self.trained()] + [
+            f"{r.name}/eos_probing" for r in self.captured_runs()
+            if (self.root / "notebooks" / r.name / "eos_probing" / "metrics.json").is_file()]
 
 
-def _notebook_done(out: Path, params: dict) -> bool:
-    stamp = out / "params.json"
-    return (out / "metrics.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == params
+def _notebook_done(out: Path, stamp: dict) -> bool:
+    return (out / "metrics.json").is_file() and _read_stamp(out) == stamp
 
 
-def _execute_notebook(name: str, out: Path, params: dict) -> None:
-    """papermill-execute `notebooks/<name>.ipynb` into `out/<name>.ipynb`; metrics land in `out/metrics.json`."""
+def _execute_notebook(name: str, out: Path, params: dict, stamp: dict) -> None:
+    """papermill-execute `notebooks/<name>.ipynb` into `out/<name>.ipynb`; metrics land in `out/metrics.json`,
+    and `stamp` (parameters and inputs) in `out/stamp.json` once it has succeeded."""
     import papermill
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
+    # every path is absolute and no `cwd=`: papermill would chdir this whole process, racing the other threads
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out / f"{name}.ipynb"), parameters=params,
-                               kernel_name="python3", progress_bar=False, cwd=str(out))
+                               kernel_name="python3", progress_bar=False)
     if not (out / "metrics.json").is_file():
         raise RuntimeError(f"{name} ran but wrote no metrics.json in {out}")
-    write_json(out / "params.json", params)
+    write_json(out / STAMP_FILE, stamp)
 
 
 def _study_command(args) -> int:

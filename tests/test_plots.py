@@ -92,6 +92,10 @@ def test_umap_scatter(tmp_path):
     spread = max(np.linalg.norm(fig.cocoa_coords[labels == c] - centroids[c], axis=1).mean() for c in centres)
     gap = min(np.linalg.norm(centroids[a] - centroids[b]) for a in centres for b in centres if a != b)
     assert gap > spread  # three well-separated clusters stay separated
+    again = plots.umap_scatter(x, labels[::-1], coords=fig.cocoa_coords)  # recoloured, not refitted
+    assert np.array_equal(again.cocoa_coords, fig.cocoa_coords)
+    with pytest.raises(ValueError, match=r"coords must be \[60, 2\]"):
+        plots.umap_scatter(x, labels, coords=fig.cocoa_coords[:10])
 
 
 def test_cka_heatmap(tmp_path):
@@ -133,3 +137,17 @@ def test_save_failure_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         plots._save(fig, tmp_path / "loss")
     assert os.listdir(tmp_path) == []
+
+
+def test_probe_bars_heights_are_seed_means(tmp_path):
+    rows = [dict(cell=c, attribute=a, seed=s, eos=0.1 * i + 0.05 * s, chance=0.25)
+            for i, (c, a) in enumerate([(c, a) for a in ("colour", "shape") for c in ("causal", "bridged")])
+            for s in (0, 1)]
+    fig = plots.probe_bars(rows, save=tmp_path / "bars")
+    _assert_written(tmp_path / "bars")
+    heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches if p.get_height() > 0)
+    expected = sorted(round(0.1 * i + 0.025, 6) for i in range(4))  # mean over the two seeds
+    assert heights == expected
+    assert "chance" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    with pytest.raises(ValueError, match="run the eos_probing notebooks"):
+        plots.probe_bars([])

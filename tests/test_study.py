@@ -1,14 +1,26 @@
 """The quick study end to end on the tiny model: train, capture, papermill every notebook, report, resume."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from analysis.study import PER_RUN_NOTEBOOKS, SUMMARY_NOTEBOOKS, Study, StudyConfig
+from analysis.lens import Capture
+from analysis.study import (
+    PER_RUN_NOTEBOOKS,
+    SUMMARY_NOTEBOOKS,
+    Study,
+    StudyConfig,
+    _capture_complete,
+    _capture_job,
+    share_cores,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PER_RUN_NOTEBOOKS + SUMMARY_NOTEBOOKS
@@ -25,7 +37,10 @@ def quick(tmp_path_factory):
     path = tmp / "quick.yaml"
     path.write_text(yaml.safe_dump(spec))
     config = StudyConfig.load(path)
-    return path, config, Study(config, progress=False).run()
+    cwd = os.getcwd()
+    outcomes = Study(config, progress=False).run()
+    assert os.getcwd() == cwd  # notebooks run in threads: none may move the process
+    return path, config, outcomes
 
 
 def test_quick_study_runs_every_notebook_and_reports(quick):
@@ -48,6 +63,14 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
     for cell in config.cells:
         assert f"| {cell.name} | {cell.mask_type} |" in report
     assert (Path(config.report_dir) / "ablation_heatmap.png").stat().st_size > 0
+    assert "failed): train " in report  # per-step wall times
+    probes = report.split("## What the EOS state holds")[1].split("##")[0]
+    assert all(f"| {cell.name} | {cell.mask_type} |" in probes for cell in config.cells)
+    # key figures: each compared cell under its own mask type, every linked file present
+    assert "(contrastive-causal-s0_eos_budget_causal.png)" in report
+    assert "(bridged-l1-s0_probing_curves_eos_bridged.png)" in report
+    images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(images) == 1 + 3 * 2 + 1 and all((Path(config.report_dir) / i).is_file() for i in images)
 
 
 def test_second_run_redoes_nothing(quick):
@@ -65,9 +88,21 @@ def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_p
     outcomes = Study(StudyConfig.load(broken), progress=False).run()
     failed = [o for o in outcomes if o.status == "failed"]
     assert failed and all("eos_probing" in o.target for o in failed)
-    assert all(o.status == "skipped" for o in outcomes if "eos_probing" not in o.target)
+    # the rest is not redone, except the ablation summary, which reads the probing results that are now gone
+    assert {o.target for o in outcomes if o.status == "done"} == {"notebooks/summary/ablation_summary"}
     report = (Path(config.report_dir) / "report.md").read_text()
     assert "eos_probing" in report.split("## Failures")[1]
+
+
+def test_capture_begun_under_other_settings_is_redone(quick, tmp_path):
+    _, config, _ = quick
+    checkpoint = str(Study(config, progress=False).captured_runs()[0].checkpoint)
+    spec = dict(config.capture.settings(), n=4, flow_n=2, masks=["causal"])
+    out = tmp_path / "capture"
+    _capture_job(checkpoint, str(out), dict(spec, data_seed=5))
+    assert _capture_complete(out, dict(spec, data_seed=5)) and not _capture_complete(out, spec)
+    _capture_job(checkpoint, str(out), spec)  # resuming the seed-5 capture would raise
+    assert _capture_complete(out, spec) and Capture.open(out / "probe", "causal").meta["seed"] == spec["data_seed"]
 
 
 def test_bad_config_names_the_problem(tmp_path):
@@ -87,3 +122,14 @@ def test_bad_config_names_the_problem(tmp_path):
     (tmp_path / "q.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match="valid mask types"):
         StudyConfig.load(tmp_path / "q.yaml")
+
+
+def test_share_cores_gives_children_their_share_and_restores(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    with share_cores(workers=cores):  # one thread per child
+        child = subprocess.run([sys.executable, "-c", "import os, torch; print(torch.get_num_threads(), "
+                                "os.environ['OPENBLAS_NUM_THREADS'])"], capture_output=True, text=True, check=True)
+        assert child.stdout.split() == ["1", "1"]
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "OPENBLAS_NUM_THREADS" not in os.environ
