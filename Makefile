@@ -37,6 +37,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/capture_overhead.py
+	$(PY) benchmarks/parallel_probing.py
 
 clean:
 	rm -rf $(VENV) .numba_cache

@@ -19,6 +19,7 @@ from analysis.study import (
     StudyConfig,
     _capture_complete,
     _capture_job,
+    _execute_notebook,
     share_cores,
 )
 
@@ -133,3 +134,12 @@ def test_share_cores_gives_children_their_share_and_restores(monkeypatch):
                                 "os.environ['OPENBLAS_NUM_THREADS'])"], capture_output=True, text=True, check=True)
         assert child.stdout.split() == ["1", "1"]
     assert os.environ["OMP_NUM_THREADS"] == "7" and "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_compare_checkpoints_defaults_to_the_studys_first_pair(quick, tmp_path):
+    _, config, _ = quick
+    out = tmp_path / "compare"
+    _execute_notebook("compare_checkpoints", out, dict(study_dir=str(Path(config.out_dir).resolve()),
+                                                       output_dir=str(out)), stamp={})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["cka"]) == len(metrics["cka"][0]) > 1 and set(metrics["retrieval_delta"])
