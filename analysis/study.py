@@ -8,6 +8,7 @@ reported and the rest goes on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -324,19 +325,20 @@ class Study:
             todo = []
             for nb, out, params in jobs:
                 if nb in names:
-                    stamp = {"params": params, "inputs": self._inputs(nb)}
+                    stamp = self.notebook_stamp(nb, params)
                     todo.append((str(out.relative_to(self.root)), _notebook_done(out, stamp), _execute_notebook,
                                  (nb, out, params, stamp)))
             self._parallel(step, todo, processes=False)
 
-    def _inputs(self, notebook: str) -> list[str]:
-        """What a notebook's result depends on beyond its parameters: for the ablation summary, the trained
-        runs and probing results it reads (a resumed study that finishes more of them redoes it)."""
-        if notebook != "ablation_summary":
-            return []
-        return [r.name for r in self.trained()] + [
+    def notebook_stamp(self, notebook: str, params: dict) -> dict:
+        """What an executed notebook's result depends on; it is redone when this changes: its parameters,
+        the notebook's source (an edited notebook reruns) and, for the ablation summary, the trained runs and
+        probing results it reads (a resumed study that finishes more of them redoes it)."""
+        source = hashlib.sha256((NOTEBOOK_DIR / f"{notebook}.ipynb").read_bytes()).hexdigest()[:16]
+        inputs = [] if notebook != "ablation_summary" else [r.name for r in self.trained()] + [
             f"{r.name}/eos_probing" for r in self.captured_runs()
             if (self.root / "notebooks" / r.name / "eos_probing" / "metrics.json").is_file()]
+        return {"params": params, "source": source, "inputs": inputs}
 
 
 def _notebook_done(out: Path, stamp: dict) -> bool:

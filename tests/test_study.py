@@ -20,6 +20,7 @@ from analysis.study import (
     _capture_complete,
     _capture_job,
     _execute_notebook,
+    _notebook_done,
     share_cores,
 )
 
@@ -143,3 +144,15 @@ def test_compare_checkpoints_defaults_to_the_studys_first_pair(quick, tmp_path):
                                                        output_dir=str(out)), stamp={})
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["cka"]) == len(metrics["cka"][0]) > 1 and set(metrics["retrieval_delta"])
+
+
+def test_an_edited_notebook_is_redone(quick, tmp_path, monkeypatch):
+    _, config, _ = quick
+    study = Study(config, progress=False)
+    nb, out, params = next(job for job in study.notebook_jobs() if job[0] == "embedding_umap")
+    assert _notebook_done(out, study.notebook_stamp(nb, params))
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    monkeypatch.setattr("analysis.study.NOTEBOOK_DIR", tmp_path / "notebooks")
+    edited = tmp_path / "notebooks" / f"{nb}.ipynb"
+    edited.write_text(edited.read_text().replace("n_neighbors = 15", "n_neighbors = 10"))
+    assert not _notebook_done(out, study.notebook_stamp(nb, params))
