@@ -149,12 +149,13 @@ def write_report(study: "Study", seconds: float) -> Path:
     report_dir = study.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     table = ablation_table(collect_scores(root))
-    steps = ", ".join(f"{step} {t / 60:.1f} min" for step, t in study.step_seconds.items())
+    steps = ", ".join(f"{step} {t['seconds'] / 60:.1f} min ({t['jobs']} jobs)" for step, t in study.step_times.items())
     lines = [f"# cocoa-lens study `{config.name}`", "",
              f"Checkpoints in `{root}`; this run took {seconds / 60:.1f} min "
-             f"({sum(o.status == 'done' for o in study.outcomes)} steps run, "
+             f"({sum(o.status == 'done' for o in study.outcomes)} jobs run, "
              f"{sum(o.status == 'skipped' for o in study.outcomes)} already done, "
-             f"{sum(o.status == 'failed' for o in study.outcomes)} failed)" + (f": {steps}." if steps else "."), "",
+             f"{sum(o.status == 'failed' for o in study.outcomes)} failed)."
+             + (f" Wall time of each step when it last had work: {steps}." if steps else ""), "",
              "## Ablation: mini-MMEB Precision@1 (mean ± sd over seeds)", "",
              "Each cell trains the same total number of steps. `IND hard` / `IND random`: in-distribution datasets "
              "whose negatives differ from the positive in one attribute / are random.", "",

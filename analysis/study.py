@@ -29,6 +29,8 @@ from analysis.report import STUDY_FILE, write_report
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 PER_RUN_NOTEBOOKS = ("attention_flow", "eos_probing", "embedding_umap")
 SUMMARY_NOTEBOOKS = ("ablation_summary", "compare_checkpoints")
+STEPS = ("train", "capture", "notebooks", "summaries")
+TIMINGS_FILE = "timings.json"  # in the study folder: the last measured wall time of each step
 STAMP_FILE = "stamp.json"  # in a capture or notebook folder: the settings (and inputs) it was made with
 
 
@@ -190,7 +192,7 @@ def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
     from analysis.lens.recorder import capture
 
     out = Path(out)
-    if out.exists() and _read_stamp(out) != spec:
+    if out.exists() and _read_json(out / STAMP_FILE) != spec:
         shutil.rmtree(out)
     write_json(out / STAMP_FILE, spec)
     seed = spec["data_seed"]
@@ -199,14 +201,13 @@ def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
             patterns="full", with_target=True)
 
 
-def _read_stamp(folder: Path) -> dict | None:
-    file = folder / STAMP_FILE
+def _read_json(file: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _capture_complete(out: Path, spec: dict) -> bool:
     indices = [out / kind / m / "index.json" for kind in ("probe", "flow") for m in spec["masks"]]
-    return _read_stamp(out) == spec and all(i.is_file() and json.loads(i.read_text())["complete"] for i in indices)
+    return _read_json(out / STAMP_FILE) == spec and all((_read_json(i) or {}).get("complete") for i in indices)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Study:
         self.progress = progress
         self.runs = [Run(c, s, self.root) for c in config.cells for s in config.seeds]
         self.outcomes: list[Outcome] = []
-        self.step_seconds: dict[str, float] = {}  # wall time of each step that had work to do
+        self.step_times: dict[str, dict] = {}  # step -> {seconds, jobs} for the steps that had work to do
 
     def run(self) -> list[Outcome]:
         os.environ.setdefault("NUMBA_CACHE_DIR", str(self.root.parent / ".numba_cache"))
@@ -231,6 +232,10 @@ class Study:
             self.train()
             self.capture()
             self.notebooks()
+        # the last measured time of every step, kept across runs: a resumed run that does nothing keeps it
+        merged = {**(_read_json(self.root / TIMINGS_FILE) or {}), **self.step_times}
+        self.step_times = {step: merged[step] for step in STEPS if step in merged}
+        write_json(self.root / TIMINGS_FILE, self.step_times)
         write_report(self, time.perf_counter() - start)
         return self.outcomes
 
@@ -259,7 +264,7 @@ class Study:
                     self.outcomes.append(Outcome(step, target, "failed", time.perf_counter() - t0, detail.strip()))
                     tqdm.write(f"{step} {target} FAILED: {detail.strip()}")
                 bar.update()
-        self.step_seconds[step] = time.perf_counter() - t_step
+        self.step_times[step] = {"seconds": time.perf_counter() - t_step, "jobs": len(todo)}
 
     def train(self) -> None:
         from analysis.train import is_complete
@@ -342,7 +347,7 @@ class Study:
 
 
 def _notebook_done(out: Path, stamp: dict) -> bool:
-    return (out / "metrics.json").is_file() and _read_stamp(out) == stamp
+    return (out / "metrics.json").is_file() and _read_json(out / STAMP_FILE) == stamp
 
 
 def _execute_notebook(name: str, out: Path, params: dict, stamp: dict) -> None:

@@ -65,7 +65,7 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
     for cell in config.cells:
         assert f"| {cell.name} | {cell.mask_type} |" in report
     assert (Path(config.report_dir) / "ablation_heatmap.png").stat().st_size > 0
-    assert "failed): train " in report  # per-step wall times
+    assert "failed). Wall time of each step when it last had work: train " in report
     probes = report.split("## What the EOS state holds")[1].split("##")[0]
     assert all(f"| {cell.name} | {cell.mask_type} |" in probes for cell in config.cells)
     # key figures: each compared cell under its own mask type, every linked file present
@@ -79,6 +79,8 @@ def test_second_run_redoes_nothing(quick):
     path, _, _ = quick
     outcomes = Study(StudyConfig.load(path), progress=False).run()
     assert outcomes and {o.status for o in outcomes} == {"skipped"}
+    report = (Path(StudyConfig.load(path).report_dir) / "report.md").read_text()
+    assert "0 jobs run" in report and "when it last had work: train " in report  # the first run's times stay
 
 
 def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_path):
