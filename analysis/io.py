@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written file (write a temp file, then rename)."""
+"""Atomic file writes (a reader never sees a half-written file: write a temp file, then rename) and reads."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """`obj` as indented JSON (numpy scalars and arrays converted), written atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def read_json(path: str | Path):
+    """The JSON in `path`, or None when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _plain(value):

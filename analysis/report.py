@@ -6,16 +6,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from analysis.io import atomic_write_text, write_json
+from analysis.io import atomic_write_text, read_json, write_json
 from analysis.metrics.retrieval import mmeb_scores
 
 if TYPE_CHECKING:
@@ -44,22 +43,26 @@ def summarise(records: list[dict]) -> dict[str, float]:
     return flat
 
 
+def _runs(study_dir: Path) -> Iterator[tuple[dict, int, str]]:
+    """`(cell, seed, run name)` for every run a study directory's `study.json` lists."""
+    spec = read_json(study_dir / STUDY_FILE)
+    if spec is None:
+        raise FileNotFoundError(f"{study_dir / STUDY_FILE} is missing: is {study_dir} a study directory written by "
+                                "`cocoa-lens study`?")
+    for cell in spec["cells"]:
+        for seed in spec["seeds"]:
+            yield cell, seed, f"{cell['name']}-s{seed}"
+
+
 def collect_scores(study_dir: str | Path) -> list[dict]:
     """One row per trained checkpoint of a study: cell, mask type, λ, seed and its score summary."""
     study_dir = Path(study_dir)
-    spec_file = study_dir / STUDY_FILE
-    if not spec_file.is_file():
-        raise FileNotFoundError(f"{spec_file} is missing: is {study_dir} a study directory written by "
-                                "`cocoa-lens study`?")
-    spec = json.loads(spec_file.read_text())
     rows = []
-    for cell in spec["cells"]:
-        for seed in spec["seeds"]:
-            scores = study_dir / "checkpoints" / f"{cell['name']}-s{seed}" / "scores.json"
-            if scores.is_file():
-                rows.append(dict(cell=cell["name"], mask_type=cell["mask_type"], recon_weight=cell["recon_weight"],
-                                 note=cell.get("note", ""), seed=seed,
-                                 **summarise(json.loads(scores.read_text())["datasets"])))
+    for cell, seed, name in _runs(study_dir):
+        scores = read_json(study_dir / "checkpoints" / name / "scores.json")
+        if scores is not None:
+            rows.append(dict(cell=cell["name"], mask_type=cell["mask_type"], recon_weight=cell["recon_weight"],
+                             note=cell.get("note", ""), seed=seed, **summarise(scores["datasets"])))
     return rows
 
 
@@ -68,20 +71,17 @@ def collect_probes(study_dir: str | Path) -> list[dict]:
     own mask type at the last layer: `{cell, seed, mask_type, recon_weight, attribute, eos, selectivity,
     content, chance}` (`eos`: EOS-state probe accuracy; `content`: the mean-pooled A-token reference)."""
     study_dir = Path(study_dir)
-    spec = json.loads((study_dir / STUDY_FILE).read_text())
     rows = []
-    for cell in spec["cells"]:
-        for seed in spec["seeds"]:
-            metrics = study_dir / "notebooks" / f"{cell['name']}-s{seed}" / "eos_probing" / "metrics.json"
-            if not metrics.is_file():
-                continue
-            probes = json.loads(metrics.read_text())["probes"]
-            mask = cell["mask_type"]
-            for attribute, eos in probes.get(mask, {}).items():
-                content = probes.get(f"{mask}/content_mean", {}).get(attribute, {"accuracy": [math.nan]})
-                rows.append(dict(cell=cell["name"], seed=seed, mask_type=mask, recon_weight=cell["recon_weight"],
-                                 attribute=attribute, eos=eos["accuracy"][-1], selectivity=eos["selectivity"][-1],
-                                 content=content["accuracy"][-1], chance=eos["chance"]))
+    for cell, seed, name in _runs(study_dir):
+        metrics = read_json(study_dir / "notebooks" / name / "eos_probing" / "metrics.json")
+        if metrics is None:
+            continue
+        probes, mask = metrics["probes"], cell["mask_type"]
+        for attribute, eos in probes.get(mask, {}).items():
+            content = probes.get(f"{mask}/content_mean", {}).get(attribute, {"accuracy": [math.nan]})
+            rows.append(dict(cell=cell["name"], seed=seed, mask_type=mask, recon_weight=cell["recon_weight"],
+                             attribute=attribute, eos=eos["accuracy"][-1], selectivity=eos["selectivity"][-1],
+                             content=content["accuracy"][-1], chance=eos["chance"]))
     return rows
 
 
@@ -188,11 +188,8 @@ def write_report(study: "Study", seconds: float) -> Path:
 
 def _key_figures(study: "Study", report_dir: Path) -> list[str]:
     """Copy the key figures into `report_dir`; returns their markdown lines. Per-run figures come from the
-    first captured seed of each compared cell (or of the first cell), under that cell's own mask type."""
-    names = study.config.compare or [study.config.cells[0].name]
-    runs = []
-    for name in names:
-        runs += [r for r in study.captured_runs() if r.cell.name == name][:1]
+    lowest captured seed of each compared cell (or of the first cell), under that cell's own mask type."""
+    runs = study.first_captured(study.config.compare or [study.config.cells[0].name])
     lines = []
     for notebook, stem, per_run in KEY_FIGURES:
         sources = ([(r.name, f"{stem}_{r.cell.mask_type}") for r in runs] if per_run else [("summary", stem)])

@@ -9,7 +9,6 @@ reported and the rest goes on.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator
 import yaml
 from tqdm.auto import tqdm
 
-from analysis.io import write_json
+from analysis.io import read_json, write_json
 from analysis.masks import MASK_TYPES, check_mask_type
 from analysis.report import STUDY_FILE, write_report
 
@@ -192,7 +191,7 @@ def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
     from analysis.lens.recorder import capture
 
     out = Path(out)
-    if out.exists() and _read_json(out / STAMP_FILE) != spec:
+    if out.exists() and read_json(out / STAMP_FILE) != spec:
         shutil.rmtree(out)
     write_json(out / STAMP_FILE, spec)
     seed = spec["data_seed"]
@@ -201,13 +200,9 @@ def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
             patterns="full", with_target=True)
 
 
-def _read_json(file: Path) -> dict | None:
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
 def _capture_complete(out: Path, spec: dict) -> bool:
     indices = [out / kind / m / "index.json" for kind in ("probe", "flow") for m in spec["masks"]]
-    return _read_json(out / STAMP_FILE) == spec and all((_read_json(i) or {}).get("complete") for i in indices)
+    return read_json(out / STAMP_FILE) == spec and all((read_json(i) or {}).get("complete") for i in indices)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -233,7 +228,7 @@ class Study:
             self.capture()
             self.notebooks()
         # the last measured time of every step, kept across runs: a resumed run that does nothing keeps it
-        merged = {**(_read_json(self.root / TIMINGS_FILE) or {}), **self.step_times}
+        merged = {**(read_json(self.root / TIMINGS_FILE) or {}), **self.step_times}
         self.step_times = {step: merged[step] for step in STEPS if step in merged}
         write_json(self.root / TIMINGS_FILE, self.step_times)
         write_report(self, time.perf_counter() - start)
@@ -282,6 +277,14 @@ class Study:
     def captured_runs(self) -> list[Run]:
         return [r for r in self.trained() if r.seed in self.config.capture.seeds]
 
+    def first_captured(self, names: list[str], captured: list[Run] | None = None) -> list[Run]:
+        """The captured run of the lowest seed of each named cell, in `names` order (cells without one left
+        out); `captured` saves looking the captured runs up again."""
+        first: dict[str, Run] = {}
+        for run in sorted(self.captured_runs() if captured is None else captured, key=lambda r: r.seed):
+            first.setdefault(run.cell.name, run)
+        return [first[name] for name in names if name in first]
+
     def capture(self) -> None:
         spec = self.config.capture.settings()
         jobs = [(run.name, _capture_complete(run.captures, spec), _capture_job,
@@ -292,9 +295,10 @@ class Study:
     def notebook_jobs(self) -> list[tuple[str, Path, dict]]:
         """(notebook, executed copy, parameters) for everything the config asks for."""
         jobs = []
-        masks = self.config.capture.masks
-        for run in self.captured_runs():
-            if not _capture_complete(run.captures, self.config.capture.settings()):
+        masks, settings = self.config.capture.masks, self.config.capture.settings()
+        captured = self.captured_runs()
+        for run in captured:
+            if not _capture_complete(run.captures, settings):
                 continue
             for nb in PER_RUN_NOTEBOOKS:
                 if nb in self.config.notebooks:
@@ -308,10 +312,7 @@ class Study:
             out = self.root / "notebooks" / "summary" / "ablation_summary"
             jobs.append(("ablation_summary", out, dict(study_dir=str(self.root), output_dir=str(out))))
         if "compare_checkpoints" in self.config.notebooks and self.config.compare:
-            first = {}  # cell -> its captured run of the lowest seed
-            for run in sorted(self.captured_runs(), key=lambda r: r.seed):
-                first.setdefault(run.cell.name, run)
-            pair = [first[name] for name in self.config.compare if name in first]
+            pair = self.first_captured(self.config.compare, captured)
             if len(pair) == 2:
                 out = self.root / "notebooks" / "summary" / "compare_checkpoints"
                 jobs.append(("compare_checkpoints", out, dict(
@@ -347,7 +348,7 @@ class Study:
 
 
 def _notebook_done(out: Path, stamp: dict) -> bool:
-    return (out / "metrics.json").is_file() and _read_json(out / STAMP_FILE) == stamp
+    return (out / "metrics.json").is_file() and read_json(out / STAMP_FILE) == stamp
 
 
 def _execute_notebook(name: str, out: Path, params: dict, stamp: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         cells = [_cell([f(s) for s in runs]) for _, f in COLUMNS]
         secs = statistics.fmean(s["train_seconds"] for s in runs)
         cpu = statistics.fmean(s["train_cpu_seconds"] for s in runs)
-        cpu_cell = f"{cpu:.0f}" if cpu == cpu else "n/a"
+        cpu_cell = "n/a" if math.isnan(cpu) else f"{cpu:.0f}"
         lines.append(f"| {labels.get(stem, stem)} | " + " | ".join(cells) + f" | {secs:.0f} | {cpu_cell} |")
     lines += ["", "Schedules:", ""]
     lines += [f"- `{stem}`: {_schedule(r)}" for stem, r in recipes.items()]

@@ -12,7 +12,6 @@ rows, "none" nothing. Stored keys are the sample's own (non-PAD) positions.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from analysis.inputs import Batch, encode
+from analysis.io import read_json
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.sources import samples
 from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
@@ -63,8 +63,7 @@ def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str |
 
 def _recipe(checkpoint) -> dict | None:
     """The training recipe a checkpoint directory carries (`recipe.json`), if any."""
-    path = Path(checkpoint) / "recipe.json" if isinstance(checkpoint, (str, Path)) else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    return read_json(Path(checkpoint) / "recipe.json") if isinstance(checkpoint, (str, Path)) else None
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
