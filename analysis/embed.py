@@ -1,4 +1,4 @@
-"""EOS embeddings: the last-layer hidden state of the embedding token under a chosen mask type."""
+"""Embeddings as an embedder preset reads them: the final-norm state at the EOS position, or its mean."""
 
 from __future__ import annotations
 
@@ -10,35 +10,49 @@ from tqdm.auto import tqdm
 
 from analysis.data.items import Item
 from analysis.inputs import Batch, encode
+from analysis.presets import Preset, get_preset
+
+
+def pooled(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """`[B, L, d]` states -> `[B, d]`: the EOS position's, or the mean over `batch.pool` positions."""
+    if batch.pool is None:
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.eos_index]
+    weights = batch.pool.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / weights.sum(1)
 
 
 def eos_states(model, batch: Batch, mask_type: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Final-norm hidden state at each sample's EOS position: `[B, d_model]` (keeps gradients)."""
+    """Final-norm embedding states of a batch: `[B, d_model]` (keeps gradients); see `pooled`."""
     dtype = dtype or next(model.parameters()).dtype
     hidden = model.model(**batch.model_inputs(mask_type, dtype)).last_hidden_state
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.eos_index]
+    return pooled(hidden, batch)
 
 
 StatesFn = Callable[..., torch.Tensor]  # (model, batch, mask_type) -> [B, d], e.g. eos_states
 
 
 @torch.no_grad()
-def embed_items(model, processor, items: Sequence[Item], mask_type: str = "causal", batch_size: int = 64,
-                normalize: bool = True, progress: bool = False, desc: str = "embed",
-                states_fn: StatesFn = eos_states) -> torch.Tensor:
-    """Embed `items` (each distinct `key` once), in order: float32 `[N, d_model]` on the CPU.
+def embed_items(model, processor, items: Sequence[Item], mask_type: str | None = None, batch_size: int = 64,
+                normalize: bool | None = None, progress: bool = False, desc: str = "embed",
+                states_fn: StatesFn = eos_states, *, preset: str | Preset = "plain",
+                side: str = "query") -> torch.Tensor:
+    """Embed `items` as `preset` does on `side` (each distinct `key` once), in order: float32 `[N, d]` on the CPU.
 
-    `states_fn(model, batch, mask_type)` computes the EOS states of a batch (swap it to intervene,
-    e.g. an attention knockout).
+    `mask_type` defaults to the attention the preset's model was trained with, `normalize` to the preset's
+    (L2). `states_fn(model, batch, mask_type)` computes a batch's states (swap it to intervene, e.g. an
+    attention knockout). Images are decoded batch by batch, so memory stays flat in the number of items.
     """
+    preset = get_preset(preset)
+    mask_type = mask_type or preset.attention
+    normalize = preset.normalize if normalize is None else normalize
     device = next(model.parameters()).device
     unique = list({it.key: it for it in items}.values())
     # similar lengths together: images first, then by text length
-    order = sorted(range(len(unique)), key=lambda i: (unique[i].image is None, len(unique[i].text)))
+    order = sorted(range(len(unique)), key=lambda i: (not unique[i].has_image, len(unique[i].text)))
     vectors: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = [unique[i] for i in order[start:start + batch_size]]
-        batch = encode(processor, model, chunk).to(device)
+        batch = encode(processor, model, chunk, preset=preset, side=side).to(device)
         states = states_fn(model, batch, mask_type).float()
         if normalize:
             states = F.normalize(states, dim=-1)

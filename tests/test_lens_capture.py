@@ -146,11 +146,14 @@ def test_extra_hooks_and_checkpoint_directories(tmp_path):
     from analysis.models import save_checkpoint
 
     model, processor = build_tiny("tiny-qwen2.5-vl", seed=2)
-    save_checkpoint(model, processor, tmp_path / "ckpt", extra={"recipe.json": {"embed_mask": "bidirectional"}})
-    cap = capture(tmp_path / "ckpt", "digits", "causal", tmp_path / "out", n=5,
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    # as the training runner writes it (analysis.train.runner.RECIPE_FILE)
+    (tmp_path / "ckpt" / "recipe.yaml").write_text("embed_mask: causal\nseed: 2\n")
+    cap = capture(tmp_path / "ckpt", "digits", None, tmp_path / "out", n=5,
                   hooks=["blocks.1.hook_resid_mid", "blocks.2.attn.hook_z"])["causal"]
     assert cap.checkpoint == str((tmp_path / "ckpt").resolve())
-    assert cap.meta["checkpoint_recipe"] == {"embed_mask": "bidirectional"}
+    assert cap.meta["checkpoint_recipe"] == {"embed_mask": "causal", "seed": 2}
+    assert cap.meta["preset"] == "plain"  # under the recipe's embed_mask: the default mask list is ["causal"]
     assert cap.hook("blocks.1.hook_resid_mid").shape == (5, 128)
     assert cap.hook("blocks.2.attn.hook_z").shape[0] == 5
     assert cap.labels("digit")[0] is not None and cap.records[0]["meta"]["dataset"] == "digits"

@@ -17,6 +17,7 @@ from typing import Iterable
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from analysis.errors import UnknownName
 from analysis.lens.qwen2_vl_adapter import register
 from analysis.models import MODEL_CLASSES
 
@@ -55,5 +56,5 @@ def check_hook_names(bridge: TransformerBridge, names: Iterable[str]) -> list[st
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}?" if close else "list valid names with sorted(bridge.hook_dict)"
-            raise KeyError(f"unknown hook name {name!r} for this {bridge.cfg.architecture} bridge; {hint}")
+            raise UnknownName(f"unknown hook name {name!r} for this {bridge.cfg.architecture} bridge; {hint}")
     return names

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from analysis.lens.sources import DATASETS, DEFAULT_N
+from analysis.checkpoints import DTYPES
+from analysis.lens.sources import DEFAULT_N, check_data_spec
 from analysis.lens.store import PATTERNS
 from analysis.masks import MASK_TYPES
+from analysis.presets import PRESETS, SIDES
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -17,16 +18,13 @@ def _capture(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        captures = capture(args.checkpoint, args.data, args.mask, args.out, n=args.n, seed=args.seed,
-                           with_target=args.with_target, patterns=args.patterns, hooks=args.hooks,
-                           batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                           device=args.device, progress=True)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"cocoa-lens capture: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+    captures = capture(args.checkpoint, args.data, args.mask, args.out, n=args.n, seed=args.seed,
+                       with_target=args.with_target, patterns=args.patterns, hooks=args.hooks,
+                       batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
+                       device=args.device, base=args.base, preset=args.preset, side=args.side, progress=True)
     for mask_type, cap in captures.items():
-        print(f"{mask_type:<20} {len(cap):>7} samples  {cap.meta['b_segment']:<60}  {cap.directory}")
+        print(f"{mask_type:<20} {len(cap):>7} samples  preset {cap.meta['preset']:<10} "
+              f"{cap.meta['b_segment']:<50}  {cap.directory}")
     return 0
 
 
@@ -38,20 +36,45 @@ def _masks(text: str) -> list[str]:
     return masks
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """--checkpoint, --base, --preset, --dtype, --device: how every loading command opens a checkpoint."""
+    p.add_argument("--checkpoint", default="tiny-qwen2.5-vl",
+                   help="checkpoint directory (Hugging Face or PEFT adapter) or a tiny backbone name (random init)")
+    p.add_argument("--base", default=None, help="base model directory of a PEFT adapter checkpoint")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
+                   help=f"embedder preset, one of: {', '.join(PRESETS)} (default: what the checkpoint declares, "
+                        f"else plain)")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="load dtype (default float32)")
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1 (default cpu)")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("capture", help="record EOS states and attention patterns through TransformerLens")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or a tiny backbone name (random init)")
-    p.add_argument("--mask", type=_masks, default=["causal"], help=f"comma-separated, from: {', '.join(MASK_TYPES)}")
-    p.add_argument("--data", default="mini-mmeb", choices=DATASETS)
+    add_checkpoint_options(p)
+    p.add_argument("--mask", type=_masks, default=None,
+                   help=f"comma-separated, from: {', '.join(MASK_TYPES)} (default: the preset's own attention)")
+    p.add_argument("--data", default="mini-mmeb", type=check_data_spec,
+                   help="mini-mmeb | shapes | digits | mmeb:DIR[:Dataset,...] | jsonl:FILE | images:DIR")
+    p.add_argument("--side", default="query", choices=SIDES, help="prompt the inputs as queries or as candidates")
     p.add_argument("--out", required=True, help="output directory (one subdirectory per mask type); rerun to resume")
-    p.add_argument("--n", type=int, default=DEFAULT_N, help="number of samples")
+    p.add_argument("--n", type=positive_int, default=None, help=f"number of samples (default {DEFAULT_N} for "
+                                                                 f"generated data, all for files)")
     p.add_argument("--patterns", default="eos", choices=PATTERNS, help="which attention rows to keep")
     p.add_argument("--with-target", action="store_true", help="put the positive candidate's text as the B segment")
     p.add_argument("--hooks", nargs="*", default=[], help="extra hook names to store at the EOS position")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--shard-size", type=int, default=512)
-    p.add_argument("--dtype", default=None, help="load dtype, e.g. bfloat16 (default float32)")
-    p.add_argument("--device", default=None, help="e.g. cuda (default cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--shard-size", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_capture)

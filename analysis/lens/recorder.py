@@ -13,6 +13,7 @@ rows, "none" nothing. Stored keys are the sample's own (non-PAD) positions.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,13 +24,15 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from analysis.inputs import Batch, encode
-from analysis.io import read_json
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.sources import samples
 from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
 from analysis.lens.validate import check_batch
 from analysis.masks import PAD, A, B, check_mask_type
-from analysis.models import TINY_BACKBONES, build_tiny, load_checkpoint
+from analysis.checkpoints import open_checkpoint
+from analysis.digest import weights_digest
+from analysis.embed import pooled
+from analysis.presets import Preset, get_preset, preset_for
 
 
 def check_patterns(patterns: str) -> str:
@@ -43,31 +46,20 @@ def residual_hooks(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
 
 
-def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0):
-    """`(model, processor, name, owned)` from a checkpoint directory, a tiny backbone name or `(model, processor)`.
+def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0,
+               base: str | Path | None = None, preset: str | Preset | None = None):
+    """`(model, processor, name, preset, opened)` for a checkpoint (see `analysis.checkpoints`) or `(model, processor)`.
 
-    `owned` is True when the model was loaded here (so booting may wrap it in place).
+    `opened` is the `Opened` record when the model was loaded here (so booting may wrap it in place), else None.
+    The preset is `preset` if given, else what the checkpoint declares (see `analysis.presets.preset_for`).
     """
     if isinstance(checkpoint, tuple):
         if dtype is not None or device is not None:
             raise ValueError("dtype / device apply when loading a checkpoint; move a given model yourself first")
         model, processor = checkpoint
-        return model, processor, f"<in-memory {type(model).__name__}>", False
-    if str(checkpoint) in TINY_BACKBONES:
-        model, processor = build_tiny(str(checkpoint), seed=seed)
-        model = model.to(device or "cpu", dtype=_dtype(dtype) or torch.float32)
-        return model, processor, f"{checkpoint} (random init, seed {seed})", True
-    model, processor = load_checkpoint(checkpoint, dtype=_dtype(dtype) or torch.float32, device=device or "cpu")
-    return model, processor, str(Path(checkpoint).resolve()), True
-
-
-def _recipe(checkpoint) -> dict | None:
-    """The training recipe a checkpoint directory carries (`recipe.json`), if any."""
-    return read_json(Path(checkpoint) / "recipe.json") if isinstance(checkpoint, (str, Path)) else None
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return model, processor, f"<in-memory {type(model).__name__}>", get_preset(preset or "plain"), None
+    opened = open_checkpoint(checkpoint, dtype=dtype, device=device, base=base, seed=seed)
+    return opened.model, opened.processor, opened.name, preset_for(opened.declared, opened.recipe, preset), opened
 
 
 def _query_index(batch: Batch, patterns: str) -> tuple[torch.Tensor, list[int]]:
@@ -101,6 +93,8 @@ class Recorder:
                 raise ValueError(f"hook {name} has shape {tuple(tensor.shape)}, not [batch, pos, ...]: capture stores "
                                  f"activations at the EOS position, so pick a hook on the text stream")
             self.stored[name] = tensor[self._rows, self._eos]
+            if name == "ln_final.hook_out":
+                self.stored["embedding"] = pooled(tensor, self._batch)
             if name in self.resid_names:  # mean over content (A) positions: the mean-pooling reference
                 self.stored[f"content:{name}"] = (tensor * self._content[..., None]).sum(1) / self._content.sum(1, True)
         return hook
@@ -130,7 +124,7 @@ class Recorder:
             raise ValueError("the batch has PAD before content: capture expects right padding, as "
                              "analysis.inputs.encode makes")
         self._shape = tuple(batch.input_ids.shape)
-        self._rows, self._eos = torch.arange(self._shape[0], device=param.device), batch.eos_index
+        self._rows, self._eos, self._batch = torch.arange(self._shape[0], device=param.device), batch.eos_index, batch
         self._content = (batch.roles == A).to(param.dtype)
         self._query_index, n_queries = _query_index(batch, self.patterns)
         self.stored = {}
@@ -149,13 +143,16 @@ class Recorder:
         resid = numpy(self.resid_names)
         content = numpy([f"content:{n}" for n in self.resid_names])
         final = self.stored["ln_final.hook_out"].float().cpu().numpy()
+        embedding = self.stored["embedding"].float().cpu().numpy()
         extra = {h: self.stored[h].float().cpu().numpy() for h in self.hooks}
         pattern = numpy(self.pattern_names) if self.pattern_names else None  # [B, layers, (heads, L | Q, heads), L]
         tokens = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "roles", "is_image")}
+        tokens["segments"] = batch.segment_ids.cpu().numpy()
         queries, eos_index = self._query_index.cpu().numpy(), batch.eos_index.tolist()
         out = []
         for i, n in enumerate(lengths):
-            sample = dict(eos_resid=resid[i], content_mean=content[i], eos_final=final[i], eos_index=eos_index[i],
+            sample = dict(eos_resid=resid[i], content_mean=content[i], eos_final=final[i], embedding=embedding[i],
+                          eos_index=eos_index[i],
                           hooks={h: a[i] for h, a in extra.items()}, pattern=None, query_positions=None,
                           **{k: v[i, :n] for k, v in tokens.items()})
             if self.patterns == "full":
@@ -181,41 +178,49 @@ def run_batch(bridge: TransformerBridge, batch: Batch, mask_type: str, patterns:
         return recorder.run(batch, mask_type)
 
 
-def capture(checkpoint, dataset, mask_types: str | Iterable[str] = ("causal",), out_dir: str | Path = "captures", *,
+def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, out_dir: str | Path = "captures", *,
             n: int | None = None, seed: int = 0, with_target: bool = False, patterns: str = "eos",
             hooks: Sequence[str] = (), batch_size: int = 16, shard_size: int = 512,
-            dtype: torch.dtype | str | None = None, device: str | None = None, copy: bool = True,
+            dtype: torch.dtype | str | None = None, device: str | None = None, base: str | Path | None = None,
+            preset: str | Preset | None = None, side: str = "query", copy: bool = True,
             progress: bool = False) -> dict[str, Capture]:
     """Capture `checkpoint` over `dataset` under each mask type into `out_dir/<mask type>/`: `{mask: Capture}`.
 
-    checkpoint: a checkpoint directory, a tiny backbone name (random init, `seed`) or `(model, processor)`;
-        `dtype` / `device` apply when loading. A given model is deep-copied before booting unless
-        `copy=False` (then it is wrapped in place: see `analysis.lens.bridge`).
-    dataset: "mini-mmeb", "shapes", "digits" (`n` samples, default 2000) or a list of Examples /
-        EvalDatasets / Items (see `analysis.lens.sources`).
+    checkpoint: a checkpoint directory (full or PEFT adapter, `base` for the adapter's base), a tiny backbone
+        name (random init, `seed`) or `(model, processor)`; `dtype` / `device` apply when loading. A given
+        model is deep-copied before booting unless `copy=False` (then it is wrapped in place: see
+        `analysis.lens.bridge`).
+    dataset: a name or spec ("mini-mmeb", "shapes", "digits", "mmeb:DIR", "jsonl:FILE", "images:DIR"; `n`
+        samples) or a list of Examples / EvalDatasets / Items (see `analysis.lens.sources`).
+    preset: the embedder preset that prompts each input and reads its embedding (default: what the
+        checkpoint declares, else `plain`); `side` picks its query or candidate prompt. `mask_types`
+        default to the preset's own attention.
     with_target: put the sample's target text (the positive candidate's) as the B segment.
-    hooks: extra hook names stored at the EOS position. Rerunning with the same settings resumes.
+    hooks: extra hook names stored at the EOS position. Rerunning with the same settings resumes; a
+        checkpoint whose weights changed since refuses to resume.
     """
-    masks = list(dict.fromkeys(mask_types.split(",") if isinstance(mask_types, str) else mask_types))
+    check_patterns(patterns)
+    name, total, stream = samples(dataset, n, seed, with_target)
+    model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype, device, seed, base, preset)
+    masks = mask_types.split(",") if isinstance(mask_types, str) else list(mask_types or [preset.attention])
+    masks = list(dict.fromkeys(m.strip() for m in masks if m.strip()))
     if not masks:
         raise ValueError("no mask type given; valid mask types: causal, bidirectional, eos_bridged, eos_bridged_strict")
     for mask_type in masks:
         check_mask_type(mask_type)
-    check_patterns(patterns)
-    name, total, stream = samples(dataset, n, seed, with_target)
-    model, processor, checkpoint_name, owned = open_model(checkpoint, dtype, device, seed)
-    bridge = boot(model, processor, copy=copy and not owned)
+    bridge = boot(model, processor, copy=copy and opened is None)
     model = bridge.original_model
     hooks = check_hook_names(bridge, hooks)
     cfg = bridge.cfg
-    meta = dict(format=FORMAT, checkpoint=checkpoint_name, backbone=model.config.model_type, dataset=name, seed=seed,
-                n=total, with_target=with_target, patterns=patterns, hooks=list(hooks),
+    meta = dict(format=FORMAT, checkpoint=checkpoint_name, checkpoint_digest=_digest(checkpoint, opened),
+                backbone=model.config.model_type, preset=preset.name, preset_record=asdict(preset), side=side,
+                dataset=name, seed=seed, n=total, with_target=with_target, patterns=patterns, hooks=list(hooks),
                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."), n_layers=cfg.n_layers,
                 n_heads=cfg.n_heads, d_model=cfg.d_model, eos_resid_hooks=residual_hooks(cfg.n_layers),
                 eos_final_hook="ln_final.hook_out",
-                final_norm="eos_resid is the raw residual (no final norm); eos_final is the final-norm EOS state, "
-                           "the embedding before L2 normalisation",
-                checkpoint_recipe=_recipe(checkpoint))
+                final_norm="eos_resid is the raw residual (no final norm); eos_final is the final-norm EOS state; "
+                           f"embedding is the preset's ({preset.pooling} pooling) before L2 normalisation",
+                checkpoint_recipe=opened.recipe if opened else None)
     out_dir = Path(out_dir)
     writers = {m: ShardWriter(out_dir / m, dict(meta, mask_type=m), shard_size) for m in masks}
     # restart at a batch boundary: batches (and so padding and numerics) match an uninterrupted run
@@ -225,10 +230,11 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] = ("causal",), 
     with tqdm(total=total, initial=start, desc="capture", disable=not progress) as bar, recorder.installed():
         for chunk in _batched(islice(stream, start, None), batch_size):
             targets = [s.target or "" for s in chunk] if with_target else None
-            batch = encode(processor, model, [s.item for s in chunk], targets)
-            records = [dict(key=s.item.key, text=s.item.text, has_image=s.item.image is not None,
-                            target=targets[k] if targets else None, has_b=bool((batch.roles[k] == B).any()),
-                            labels=s.labels, meta=s.meta) for k, s in enumerate(chunk)]
+            batch = encode(processor, model, [s.item for s in chunk], targets, preset=preset, side=side)
+            records = [dict(key=s.item.key, text=s.item.text, instruction=s.item.instruction,
+                            has_image=s.item.has_image, target=targets[k] if targets else None,
+                            has_b=bool((batch.roles[k] == B).any()), labels=s.labels, meta=s.meta)
+                       for k, s in enumerate(chunk)]
             for mask_type, writer in writers.items():
                 todo = [k for k in range(len(chunk)) if position + k >= writer.n_done]
                 if todo:
@@ -240,6 +246,15 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] = ("causal",), 
     for writer in writers.values():
         writer.finish()
     return {m: Capture.open(out_dir / m) for m in masks}
+
+
+def _digest(checkpoint, opened) -> str:
+    """What identifies the weights: a digest of a checkpoint directory's files, or how they were made."""
+    if opened is None:
+        return "in-memory model (not resumable across processes)"
+    if opened.path is None:
+        return opened.name
+    return weights_digest(opened.path) + (f"+{weights_digest(opened.base)}" if opened.base else "")
 
 
 def _batched(stream, size: int):

@@ -6,12 +6,16 @@ One directory per (checkpoint, dataset, mask type):
   shard-00000/          `n` samples, `T` tokens (their non-PAD positions), `P` stored pattern values
     eos_resid.npy       float32 [n, layers+1, d]  EOS residual: embeddings, then after each block (no final norm)
     content_mean.npy    float32 [n, layers+1, d]  residual averaged over the content (A) positions, same layers
-    eos_final.npy       float32 [n, d]            final-norm EOS state = the embedding before L2 normalisation
+    eos_final.npy       float32 [n, d]            final-norm EOS state
+    embedding.npy       float32 [n, d]            the preset's embedding before L2 normalisation: eos_final for
+                                                  presets that read a token, the mean final-norm state over the
+                                                  input's positions for mean-pooling presets (MoCa)
     eos_index.npy       int32   [n]
     token_offsets.npy   int64   [n+1]  sample i owns tokens [o[i], o[i+1]) of:
     input_ids.npy       int32   [T]
     roles.npy           int8    [T]    A=0, EOS=1, B=2 (PAD is never stored)
     is_image.npy        bool    [T]
+    segments.npy        int8    [T]    index into analysis.presets.SEGMENTS (template, instruction, vision, ...)
     query_offsets.npy   int64   [n+1]  sample i's pattern rows are queries query_positions[q[i]:q[i+1]]
     query_positions.npy int32   [Q]
     pattern_offsets.npy int64   [n+1]  sample i's patterns are patterns[p[i]:p[i+1]] as [layers, heads, rows, L_i]
@@ -37,14 +41,15 @@ import numpy as np
 
 from analysis.io import write_json
 from analysis.masks import ROLES
+from analysis.presets import SEGMENTS
 
-FORMAT = "cocoa-lens-capture/1"
+FORMAT = "cocoa-lens-capture/2"
 PATTERNS = ("eos", "eos+b", "full", "none")  # pattern rows kept: EOS, EOS then B, all, none
 INDEX = "index.json"
 SHARD = re.compile(r"^\.?shard-\d{5}(\.tmp)?$")
 # Settings that fix which samples land where: resuming under different ones would mix two captures.
-RESUME_KEYS = ("format", "checkpoint", "mask_type", "dataset", "seed", "n", "with_target", "patterns", "hooks",
-               "dtype")
+RESUME_KEYS = ("format", "checkpoint", "checkpoint_digest", "preset", "mask_type", "dataset", "seed", "n",
+               "with_target", "patterns", "hooks", "dtype")
 BRIDGED = ("eos_bridged", "eos_bridged_strict")
 
 
@@ -65,6 +70,11 @@ class ShardWriter:
         if index_path.is_file():
             self.index = json.loads(index_path.read_text())
             for key in RESUME_KEYS:
+                if key == "checkpoint_digest" and self.index.get(key) != meta.get(key):
+                    raise ValueError(
+                        f"the checkpoint at {meta.get('checkpoint')} changed since the capture in {self.directory} "
+                        f"began (weights digest {self.index.get(key)!r}, now {meta.get(key)!r}): delete "
+                        f"{self.directory} or choose another output directory to start over")
                 if self.index.get(key) != meta.get(key):
                     raise ValueError(
                         f"{self.directory} holds a capture with {key}={self.index.get(key)!r}, not {meta.get(key)!r}: "
@@ -141,11 +151,13 @@ def _shard_arrays(samples: list[dict]) -> dict[str, np.ndarray]:
         "eos_resid": np.stack([s["eos_resid"] for s in samples]).astype(np.float32),
         "content_mean": np.stack([s["content_mean"] for s in samples]).astype(np.float32),
         "eos_final": np.stack([s["eos_final"] for s in samples]).astype(np.float32),
+        "embedding": np.stack([s["embedding"] for s in samples]).astype(np.float32),
         "eos_index": np.array([s["eos_index"] for s in samples], dtype=np.int32),
         "token_offsets": _offsets([len(s["roles"]) for s in samples]),
         "input_ids": np.concatenate([s["input_ids"] for s in samples]).astype(np.int32),
         "roles": np.concatenate([s["roles"] for s in samples]).astype(np.int8),
         "is_image": np.concatenate([s["is_image"] for s in samples]).astype(bool),
+        "segments": np.concatenate([s["segments"] for s in samples]).astype(np.int8),
     }
     if samples[0]["pattern"] is not None:
         arrays["query_offsets"] = _offsets([len(s["query_positions"]) for s in samples])
@@ -240,8 +252,8 @@ class Capture:
         return self._stack("content_mean") if layer is None else self._stack("content_mean", (layer,))
 
     def embeddings(self) -> np.ndarray:
-        """Final-norm EOS states `[N, d]` (the model's embedding, not L2-normalised)."""
-        return self._stack("eos_final")
+        """The model's embeddings as its preset reads them, `[N, d]`, before L2 normalisation."""
+        return self._stack("embedding")
 
     def hook(self, name: str) -> np.ndarray:
         """An extra hook's activation at EOS, `[N, ...]`."""
@@ -266,7 +278,7 @@ class Capture:
         roles = np.asarray(shard["roles"][t0:t1])
         is_image = np.asarray(shard["is_image"][t0:t1])
         out = dict(roles=[ROLES[r] for r in roles], is_image=is_image,
-                   segments=["image" if img else ("text" if r == 0 else ROLES[r]) for r, img in zip(roles, is_image)],
+                   segments=[SEGMENTS[c] for c in np.asarray(shard["segments"][t0:t1])],
                    input_ids=np.asarray(shard["input_ids"][t0:t1]), eos_index=int(shard["eos_index"][j]),
                    eos_resid=np.asarray(shard["eos_resid"][j]), eos_final=np.asarray(shard["eos_final"][j]),
                    record=shard.records[j], pattern=None, query_positions=None)
