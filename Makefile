@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test,lora]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m ipykernel install --sys-prefix --name cocoa-lens --display-name "cocoa-lens" >/dev/null
 	touch $(STAMP)
 

@@ -179,10 +179,8 @@ def _adapter_base(path: Path, base: str | Path | None) -> Path:
 
 
 def _open_adapter(path: Path, base_dir: Path, dtype: torch.dtype, attn_implementation: str):
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is in the [lora] extra that make installs
-        raise UsageError(f"{path} is a PEFT adapter; install peft: pip install 'cocoa-lens[lora]'") from None
+    from peft import PeftModel
+
     model, processor = _open_full(base_dir, dtype, attn_implementation)
     if any((path / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
         processor = _processor(path)

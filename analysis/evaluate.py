@@ -8,7 +8,7 @@ import torch
 
 from analysis.data.items import EvalDataset
 from analysis.embed import StatesFn, embed_items, eos_states
-from analysis.metrics.retrieval import embedding_spread, mmeb_scores, score_candidates
+from analysis.metrics.retrieval import embedding_spread, is_degenerate, mmeb_scores, score_candidates
 from analysis.presets import Preset, get_preset
 
 
@@ -16,7 +16,7 @@ def evaluate(model, processor, datasets: Sequence[EvalDataset], mask_type: str |
              progress: bool = False, states_fn: StatesFn = eos_states, *, preset: str | Preset = "plain",
              name: str = "the model") -> dict:
     """`{"datasets": [{dataset, meta_task, split, negatives, score, score_tie_robust, ties, n, n_candidates}],
-    "embedding_spread": ..., **mmeb_scores(...)}`.
+    "embedding_spread", "degenerate", **mmeb_scores(...)}`.
 
     Queries are embedded with the preset's query prompt, candidates with its candidate prompt, each
     distinct input once, under `mask_type` (default: the preset's attention). NaN / inf embeddings raise,
@@ -43,4 +43,5 @@ def evaluate(model, processor, datasets: Sequence[EvalDataset], mask_type: str |
         records.append(dict(dataset=d.key, meta_task=d.meta_task, split=d.split, negatives=d.negatives,
                             n=len(d.examples), n_candidates=cands.shape[1], **scored))
     spread = embedding_spread(torch.stack([*query_vectors.values(), *candidate_vectors.values()]))
-    return {"datasets": records, "embedding_spread": spread, **mmeb_scores(records)}
+    return {"datasets": records, "embedding_spread": spread, "degenerate": is_degenerate(spread),
+            **mmeb_scores(records)}

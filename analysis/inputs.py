@@ -100,6 +100,9 @@ def _prompt_tokens(tok, pieces: list[tuple[str, str]], max_text_tokens: int | No
     for token_id, (start, end) in zip(enc.input_ids, enc.offset_mapping):
         first = next((i for i in range(start, end) if not text[i].isspace()), start)
         segment = owner[min(first, len(owner) - 1)]
+        if token_id == tok.unk_token_id and segment == SEGMENT_ID["template"]:
+            raise UsageError(f"the tokenizer has no token for {text[start:end]!r} of this preset's prompt; use the "
+                             f"checkpoint's own processor, or another --preset")
         if segment == SEGMENT_ID["text"]:
             n_text += 1
             if max_text_tokens is not None and n_text > max_text_tokens:
