@@ -23,6 +23,7 @@ import torch
 
 from analysis.errors import UsageError
 from analysis.models import MODEL_CLASSES, TINY_BACKBONES, build_tiny
+from analysis.presets import Preset, preset_for
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONFIG, ADAPTER_CONFIG, PRESET_FILE, RECIPE_FILE = "config.json", "adapter_config.json", "preset.json", "recipe.yaml"
@@ -37,8 +38,12 @@ class Opened:
     name: str                                       # resolved path, or "tiny-... (random init, seed s)"
     path: Path | None = None                        # the directory (the adapter's, for an adapter)
     base: Path | None = None                        # an adapter's base directory
-    declared: dict = field(default_factory=dict)    # preset.json, or {} (see analysis.presets.preset_for)
+    declared: dict = field(default_factory=dict)    # preset.json, or {}
     recipe: dict | None = None                      # recipe.yaml of a checkpoint trained here
+
+    def preset(self, name: str | Preset | None = None) -> Preset:
+        """The embedder preset: `name` if given, else the declared one, else `plain` under the recipe's mask."""
+        return preset_for(self.declared, self.recipe, name)
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -15,16 +15,17 @@ from analysis.train import command as train_command
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from analysis.checkpoints import open_checkpoint
     from analysis.evaluate import evaluate
-    from analysis.lens.recorder import open_model
     from analysis.lens.sources import load_eval_datasets
 
     datasets = load_eval_datasets(args.data, n=args.n, seed=args.seed)
-    model, processor, name, preset, _ = open_model(args.checkpoint, args.dtype, args.device, args.seed, args.base,
-                                                   args.preset)
+    opened = open_checkpoint(args.checkpoint, dtype=args.dtype, device=args.device, base=args.base, seed=args.seed)
+    preset = opened.preset(args.preset)
     mask = args.mask or preset.attention
-    result = evaluate(model, processor, datasets, mask, args.batch_size, progress=True, preset=preset, name=name)
-    print(f"P@1 of {name} (preset {preset.name}, mask {mask}, data {args.data})")
+    result = evaluate(opened.model, opened.processor, datasets, mask, args.batch_size, progress=True, preset=preset,
+                      name=opened.name)
+    print(f"P@1 of {opened.name} (preset {preset.name}, mask {mask}, data {args.data})")
     print(format_scores(result))
     if args.json:
         write_json(args.json, result)

@@ -194,7 +194,7 @@ def get_preset(name: str | Preset, **options) -> Preset:
     return replace(preset, **options) if options else preset
 
 
-def preset_for(declared: dict, recipe: dict | None, name: str | None = None) -> Preset:
+def preset_for(declared: dict, recipe: dict | None, name: str | Preset | None = None) -> Preset:
     """The preset to embed a checkpoint with: `name` if given, else what the directory declares
     (`preset.json`), else `plain` under the embedding mask of the recipe it was trained with."""
     if name:
