@@ -43,8 +43,11 @@ class Prompt:
     with_image: str
     text_only: str
     default_instruction: str = ""
+    image_only: str | None = None  # an image without text, where the family words it apart (LamRA)
 
-    def template(self, has_image: bool) -> str:
+    def template(self, has_image: bool, has_text: bool = True) -> str:
+        if has_image and not has_text and self.image_only is not None:
+            return self.image_only
         return self.with_image if has_image else self.text_only
 
 
@@ -92,7 +95,7 @@ class Preset:
         values = {"image": self.image_block if has_image else "",
                   "instruction": instruction or prompt.default_instruction, "text": text}
         out: list[list[str]] = []
-        for literal, slot, _, _ in Formatter().parse(prompt.template(has_image)):
+        for literal, slot, _, _ in Formatter().parse(prompt.template(has_image, bool(text))):
             out.append(["template", literal])
             if slot is None:
                 continue
@@ -180,7 +183,29 @@ COCOA = Preset(
     query=_QUERY, candidate=_CANDIDATE, image_block=BARE_IMAGE, append=ENDOFTEXT, attention="bidirectional",
     positions="1d", resize_to=(672, 672))
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PLAIN, VLM2VEC, MOCA, GME, COCOA, B3)}
+def _lamra(with_instruction: bool) -> Prompt:
+    """LamRA's user turn: `[image]{instruction} {text}` and a summary request naming what it was given."""
+    chat = _CHAT.format(system=_GME_DEFAULT)
+    head = "{instruction} {text}" if with_instruction else "{text}"
+
+    def ask(what: str) -> str:
+        return chat.replace("{text}", head + f"\nSummarize above {what} in one word: ")
+
+    return Prompt(ask("image and sentence"), ask("sentence"), image_only=ask("image"))
+
+
+LAMRA = Preset(
+    name="lamra",
+    source="code-kunkun/LamRA-Ret, read through clides/pyserini pyserini/encode/optional/_lamra.py (a port of "
+           "LamRA's encoder; LamRA's own repository was not reachable to verify): the Qwen2-VL chat template, "
+           "user = [image] `{instruction} {text}` + '\\nSummarize above <image|sentence|image and sentence> in one "
+           "word: ' (candidates without instruction), assistant `<emb>.`; the state of the token before `<emb>` "
+           "(the last token of `<|im_start|>assistant\\n`: causal attention makes what follows irrelevant); a "
+           "full forward, so M-RoPE; qwen_vl_utils fetch_image sizing.",
+    query=_lamra(True), candidate=_lamra(False), attention="causal", positions="mrope",
+    fetch_resize=(4 * TOKENS, 16384 * TOKENS))
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (PLAIN, VLM2VEC, MOCA, GME, COCOA, B3, LAMRA)}
 
 
 def get_preset(name: str | Preset, **options) -> Preset:
