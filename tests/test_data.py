@@ -81,3 +81,44 @@ def test_digits_train_and_eval_are_disjoint():
     eval_keys = {ex.query.key for d in build_mini_mmeb(20, tasks=("Digits",)) for ex in d.examples}
     train_keys = {ex.query.key for ex in training_examples(40, tasks=("Digits",))}
     assert not eval_keys & train_keys
+
+
+def _content(item):
+    """What the model sees: the text and the image's size and pixels."""
+    return item.text, None if item.image is None else (item.image.size, item.image.tobytes())
+
+
+def test_every_mini_mmeb_key_stands_for_one_input():
+    inputs: dict[str, tuple] = {}
+    clashes = set()
+    for d in build_mini_mmeb(100):
+        for ex in d.examples:
+            for item in [ex.query, *ex.candidates]:
+                if inputs.setdefault(item.key, _content(item)) != _content(item):
+                    clashes.add(item.key)
+    assert not clashes, f"{len(clashes)} keys stand for two different inputs, e.g. {sorted(clashes)[:3]}"
+
+
+def test_no_candidate_list_holds_one_input_twice():
+    for d in build_mini_mmeb(100):
+        for ex in d.examples:
+            contents = [_content(c) for c in ex.candidates]
+            assert _content(ex.positive) not in contents[1:], f"{d.key}: the positive is also a negative"
+            assert len(set(contents)) == len(contents), f"{d.key}: two candidates are the same input"
+
+
+def _images(examples):
+    """The pixels of every whole image (scene or digit, not a grounding crop: a single object's crop recurs
+    by nature) the queries and positives of `examples` show."""
+    items = (item for ex in examples for item in (ex.query, ex.positive))
+    return {item.image.tobytes() for item in items if item.image is not None and item.image.size == (112, 112)}
+
+
+def test_training_and_evaluation_images_are_disjoint():
+    train = _images(training_examples(3000, seed=0))
+    evaluation = _images(ex for d in build_mini_mmeb(100, splits=("ind",)) for ex in d.examples)
+    assert len(train) > 1000 and len(evaluation) > 500
+    assert not train & evaluation, f"{len(train & evaluation)} evaluation images are also training images"
+    rng = random.Random(0)
+    assert all(shapes.is_eval_scene(shapes.sample_scene(rng, "ind")) for _ in range(50))
+    assert not any(shapes.is_eval_scene(shapes.sample_scene(rng, "train")) for _ in range(50))

@@ -10,7 +10,8 @@ from analysis.embed import eos_states
 from analysis.evaluate import evaluate
 from analysis.inputs import encode
 from analysis.lens import blocked, boot, evaluate_knockout, knockout_eos_states
-from analysis.masks import EOS, MASK_TYPES
+from analysis.lens.knockout import group_positions, isolate
+from analysis.masks import EOS, MASK_TYPES, PAD
 from analysis.models import build_tiny
 
 
@@ -69,7 +70,7 @@ def test_blocked_edges_follow_groups_and_keep_the_diagonal(two_images):
     cut = blocked(batch, [("EOS", "image"), ("text", "text")])
     eos = int(batch.eos_index[0])
     assert cut[0, eos].tolist() == batch.is_image[0].tolist()
-    text = (~batch.is_image[0] & (batch.roles[0] == 0)).nonzero().flatten().tolist()
+    text = group_positions(batch, "text")[0].nonzero().flatten().tolist()
     assert all(cut[0, i, j] == (i != j) for i in text for j in text)
     assert not cut[:, range(cut.shape[1]), range(cut.shape[1])].any()
     assert not cut[0][batch.roles[0] == EOS][:, batch.roles[0] == EOS].any()
@@ -87,7 +88,30 @@ def test_evaluate_knockout_without_edges_is_evaluate(two_images):
 
 def test_knockout_rejects_unknown_groups_and_layers(two_images):
     model, _, batch = two_images
-    with pytest.raises(ValueError, match="unknown knockout group 'CLS'; valid groups: A, EOS, B, image, text"):
+    with pytest.raises(ValueError, match="unknown knockout group 'CLS'; valid groups: A, EOS, B, image, vision, text"):
         knockout_eos_states(model, batch, "causal", [("CLS", "A")])
     with pytest.raises(ValueError, match=r"layers \[7\] out of range: this checkpoint has 4 layers"):
         knockout_eos_states(model, batch, "causal", [("EOS", "A")], layers=[7])
+
+
+def test_text_group_holds_the_text_only_and_the_vision_markers_are_their_own_group(two_images):
+    _, processor, batch = two_images
+    tokens = processor.tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist())
+    text = group_positions(batch, "text")[0]
+    vision = group_positions(batch, "vision")[0]
+    assert " ".join(t for t, keep in zip(tokens, text.tolist()) if keep) == "what is this ?"
+    assert [t for t, keep in zip(tokens, vision.tolist()) if keep] == ["<|vision_start|>", "<|vision_end|>"]
+    assert not (text & group_positions(batch, "image")[0]).any()
+    assert torch.equal(group_positions(batch, "~image"), (batch.roles != PAD) & ~batch.is_image)
+
+
+@pytest.mark.parametrize("mask_type", ["causal", "bidirectional"])
+def test_the_direct_edge_leaves_indirect_paths_and_isolating_the_image_cuts_every_path(two_images, mask_type):
+    model, _, batch = two_images
+    with torch.no_grad():
+        direct = knockout_eos_states(model, batch, mask_type, [("EOS", "image")])
+        isolated = knockout_eos_states(model, batch, mask_type, isolate("image"))
+        early = knockout_eos_states(model, batch, mask_type, isolate("image"), layers=[0, 1])
+    assert (direct[0] - direct[1]).abs().max() > 1e-4  # the image still reaches EOS through the text tokens
+    torch.testing.assert_close(isolated[0], isolated[1], atol=1e-5, rtol=0)  # same text, no path from the image
+    assert (early[0] - early[1]).abs().max() > 1e-4  # isolated in some layers only: later layers still read it

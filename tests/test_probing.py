@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from analysis.metrics.probing import LayerProbe, mean_pool, probe_attributes
+from analysis.metrics.probing import LayerProbe, control_task, label_in_text, mean_pool, probe_attributes
 
 COLOURS = np.array(["red", "green", "blue"])
 
@@ -51,18 +51,58 @@ def _repeated_types(n_types=60, repeats=4, d=200, seed=0):
 
 def test_grouped_folds_keep_types_out_of_test():
     states, labels, types = _repeated_types()
-    leaky = LayerProbe(cv=4).fit(states, labels).score()  # copies of a test sample are in train
-    grouped = LayerProbe(cv=4, grouped=True).fit(states, labels, types=types).score()
+    leaky = LayerProbe(cv=4).fit(states, labels).score()  # no groups given: copies of a test sample are in train
+    grouped = LayerProbe(cv=4).fit(states, labels, groups=types).score()
     assert leaky["accuracy"][0] > 0.9
     assert grouped["accuracy"][0] < 0.6
     assert grouped["control"][0] < 0.6  # unseen types: the control task sits at chance
 
 
-def test_ungrouped_control_task_measures_memorisation():
+def test_control_task_measures_memorisation_of_types_that_recur_across_inputs():
     states, labels, types = _repeated_types()
-    res = LayerProbe(cv=4, grouped=False).fit(states, labels, types=torch.tensor(types)).score()
+    res = LayerProbe(cv=4).fit(states, labels, types=torch.tensor(types)).score()
     assert res["control"][0] > 0.9  # Hewitt & Liang: the probe memorises type -> control label
     assert abs(res["selectivity"][0]) < 0.1
+
+
+def test_control_labels_are_per_type_and_follow_the_empirical_distribution():
+    labels = ["a"] * 18000 + ["b"] * 2000
+    control = control_task(labels, range(20000), seed=0)
+    assert abs(np.mean(control == 0) - 0.9) < 0.01  # "a" (code 0) as often as in the labels, not 1/2
+    types = np.repeat(np.arange(50), 4)
+    per_type = control_task(np.arange(200) % 3, types, seed=1).reshape(50, 4)
+    assert (per_type == per_type[:, :1]).all() and len(np.unique(per_type)) == 3
+    assert np.array_equal(control_task(labels, range(20000), seed=0), control)
+
+
+def test_selectivity_equals_a_hand_computation():
+    """4 types x 6 samples; 3 inputs (groups), each holding 2 samples of every type, so each of the 3
+    folds tests 2 samples per type after training on 4. Labels: types 0-2 "a", type 3 "b".
+    Layer 0 = one-hot type: task and control labels (one per type) are both read off it -> 1, 1.
+    Layer 1 = zeros: the probe predicts each training fold's majority: task 6/8 "a" -> 0.75; control:
+    the majority of the 4 types' control labels, k of 4 -> max(k, 4 - k) / 4."""
+    types = np.repeat(np.arange(4), 6)
+    groups = np.tile(np.arange(3), 8)
+    labels = np.where(types < 3, "a", "b")
+    states = np.zeros((24, 2, 4))
+    states[np.arange(24), 0, types] = 1.0
+    probe = LayerProbe(cv=3, seed=0).fit(states, labels, groups=groups, types=types)
+    control = probe.control_labels_
+    assert np.array_equal(control, control_task(labels, types, seed=0))
+    k = int(np.sum(control[::6] == 0))  # types whose control label is "a"
+    assert k != 2  # no tie in layer 1 (a tie would leave the prediction to the solver's rounding)
+    res = probe.score()
+    np.testing.assert_allclose(res["accuracy"], [1.0, 0.75])
+    np.testing.assert_allclose(res["control"], [1.0, max(k, 4 - k) / 4])
+    np.testing.assert_allclose(res["selectivity"], [0.0, 0.75 - max(k, 4 - k) / 4])
+
+
+def test_label_in_text_matches_whole_words():
+    texts = ["what is at the top left ?", "select the red circle .", "a tired cat", "describe the image .", "x"]
+    labels = ["top left", "red", "red", "red", None]
+    assert label_in_text(labels, texts).tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError, match="2 labels but 1 texts"):
+        label_in_text(["a", "b"], ["a"])
 
 
 def test_probe_attributes_skips_unprobeable_attributes():
@@ -77,8 +117,8 @@ def test_probe_attributes_skips_unprobeable_attributes():
     partial = probe_attributes(states, {"colour": digits_only}, cv=3)["colour"]
     assert partial["accuracy"][1] > 0.85
     assert probe_attributes(states, {"digit": [None] * 120}, cv=3)["digit"] == {"skipped": "no sample has this label"}
-    few_types = probe_attributes(states, {"colour": colours}, types=[i % 2 for i in range(120)], cv=3, grouped=True)
-    assert few_types["colour"] == {"skipped": "2 distinct types, fewer than cv=3 folds"}
+    few_inputs = probe_attributes(states, {"colour": colours}, groups=[i % 2 for i in range(120)], cv=3)
+    assert few_inputs["colour"] == {"skipped": "2 distinct inputs, fewer than cv=3 folds"}
 
 
 def test_fit_errors_and_not_fitted():

@@ -241,3 +241,27 @@ def test_info_nce_extra_targets_are_negatives_unless_they_equal_the_positive():
     one, two = torch.eye(1, 4), torch.cat([torch.eye(1, 4), torch.eye(1, 4)])
     assert info_nce(one, two, 0.5, ["a", "x"]) == pytest.approx(math.log(2))
     assert info_nce(one, two, 0.5, ["a", "a"]) == pytest.approx(0.0)  # the same item as the positive: masked
+
+
+def test_mae_weight_zero_leaves_the_images_whole(tiny):
+    from analysis.train.batches import make_batch_fn, warmup_batch
+    from analysis.train.objectives import MaskedBatch, warmup_loss
+    from analysis.train.recipe import Recipe
+
+    name, model, processor = tiny
+    mask_id = mask_token_id(processor.tokenizer)
+    examples = training_examples(2, seed=0, tasks=("ShapesI2T",))
+    masked = warmup_batch(processor, model, examples, 0.2, 0.5, mask_id, torch.Generator().manual_seed(0))
+    assert masked.mae_tokens is not None and masked.mae_tokens.any()
+    decoder = MAEDecoder(model.config.text_config.hidden_size, masked.batch.pixel_values.shape[1],
+                         learned_mask_token=True)
+    with torch.no_grad():
+        decoder.mask_token.fill_(7.0)  # a masked patch would be far from any real one
+        whole = warmup_loss(model, decoder, MaskedBatch(masked.batch, masked.labels), "bidirectional", 0.5)
+        off = warmup_loss(model, decoder, masked, "bidirectional", 0.0)
+        on = warmup_loss(model, decoder, masked, "bidirectional", 0.5)
+    assert set(off) == {"mntp", "loss"} and torch.equal(off["loss"], whole["loss"])  # the same, unmasked input
+    assert "mae" in on and not torch.equal(on["mntp"], whole["mntp"])  # weight > 0: the patches are masked
+    recipe = Recipe.from_dict({"name": "t", "backbone": {"name": name},
+                               "stages": {"warmup": {"steps": 1, "batch_size": 2, "mae_weight": 0.0}}})
+    assert make_batch_fn(recipe, "warmup", processor, model, mask_id)(0)["warmup"].mae_tokens is None

@@ -26,6 +26,11 @@ def digit_image(index: int, size: int = 112) -> Image.Image:
     return Image.fromarray(images[index], mode="L").resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
 
 
+def image_id(index: int, size: int = 112) -> str:
+    """Identity of `digit_image(index, size)`: equal ids, equal pixels."""
+    return f"digit[{index}]@{size}"
+
+
 def digit_name(label: int) -> str:
     return f"digit {NUMBERS[label]}"
 

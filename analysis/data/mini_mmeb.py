@@ -2,14 +2,24 @@
 
 Each query has its own candidate list, positive first, at least 8 candidates; `hard` datasets use
 negatives that differ from the positive in one attribute. Shapes datasets come in an `ind` split and an
-`ood` split whose main object is a held-out colour-shape combination. `training_examples` draws
-disjoint IND training pairs (positive only) from the same generators.
+`ood` split whose main object is a held-out colour-shape combination.
+
+Keys: an image item's key is `<image id>|<text>`, the image id naming everything that makes its pixels
+(the scene's objects or the digit index, the size, the crop box), so one key never stands for two inputs.
+
+Training and evaluation are disjoint by construction: `training_examples` draws its (query, positive)
+pairs from the training scenes (`shapes.sample_scene(split="train")`, a fixed hash split of the scene
+space) and the digits' train indices; `build_mini_mmeb` draws IND queries from the evaluation scenes and
+the digits' eval indices, OOD queries around held-out combinations no training pair contains. Negative
+candidates (perturbed or random scenes, answer words) may show training scenes, and a grounding crop (one
+object in one cell) can equal a training crop. Not disjoint: the shipped base captioner (experiments/bases/)
+was pretrained before this split, on pairs drawn from every IND scene.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from PIL import Image
@@ -23,8 +33,17 @@ N_NEGATIVES = 8
 CROP_SIZE = 56
 
 
+def _image_item(text: str, image: Image.Image, image_id: str) -> Item:
+    return Item(text, image, key=f"{image_id}|{text}")
+
+
 def _scene_item(scene: shapes.Scene, text: str = "") -> Item:
-    return Item(text, shapes.render(scene), key=f"{text}|scene:{scene.caption()}")
+    return _image_item(text, shapes.render(scene), shapes.image_id(scene))
+
+
+def _crop_item(image: Image.Image, image_id: str, box: tuple[int, int, int, int]) -> Item:
+    crop_id = f"{image_id}/crop({','.join(map(str, box))})@{CROP_SIZE}"
+    return _image_item("", shapes.crop(image, box, CROP_SIZE), crop_id)
 
 
 def _texts(positive: str, negatives: list[str]) -> list[Item]:
@@ -60,7 +79,7 @@ def _digit_cls(rng: random.Random, split: str, negatives: bool) -> Example:
     negs = [digits.digit_name(d) for d in range(10) if d != label] if negatives else []
     if negatives:
         rng.shuffle(negs)
-    query = Item("classify the handwritten digit .", digits.digit_image(index), key=f"digit:{index}")
+    query = _image_item("classify the handwritten digit .", digits.digit_image(index), digits.image_id(index))
     return Example(query, _texts(positive, negs), {"digit": NUMBERS[label]})
 
 
@@ -91,8 +110,8 @@ def _count_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
 def _i2t(hard: bool) -> Callable[[random.Random, str, bool], Example]:
     def make(rng: random.Random, split: str, negatives: bool) -> Example:
         scene = shapes.sample_scene(rng, split)
-        others = ([s.caption() for s in shapes.hard_negatives(scene, rng, N_NEGATIVES, split)] if hard
-                  else [shapes.sample_scene(rng, split).caption() for _ in range(N_NEGATIVES)])
+        draw = shapes.hard_negatives if hard else shapes.random_scenes
+        others = [s.caption() for s in draw(scene, rng, N_NEGATIVES, split)]
         return Example(_scene_item(scene, "describe the image ."), _texts(scene.caption(), others if negatives else []),
                        scene.labels())
     return make
@@ -107,26 +126,30 @@ def _t2i(rng: random.Random, split: str, negatives: bool) -> Example:
 def _shape_ground(rng: random.Random, split: str, negatives: bool) -> Example:
     scene = shapes.sample_scene(rng, split, n_objects=rng.randint(2, 3), distinct_shapes=True)
     m, image = scene.main, shapes.render(scene)
+    candidates: list[Item] = []
+    shown: set[tuple[str, int, int]] = set()
 
-    def region(img: Image.Image, key_scene: shapes.Scene, obj: shapes.ShapeObject) -> Item:
-        key = f"crop:{key_scene.caption()}:{obj.position}"
-        return Item("", shapes.crop(img, shapes.cell_box(obj), CROP_SIZE), key=key)
+    def add(source: shapes.Scene, cell: shapes.ShapeObject, what: str) -> None:
+        """Crop `cell` of `source` unless a candidate already shows the same (equal pixels: a tie)."""
+        box = shapes.cell_box(cell)
+        view = (what, box[2] - box[0], box[3] - box[1])
+        if view not in shown:
+            shown.add(view)
+            candidates.append(_crop_item(image if source is scene else shapes.render(source), shapes.image_id(source),
+                                         box))
 
-    candidates = [region(image, scene, m)]
+    add(scene, m, m.describe(with_position=False))
     if negatives:
-        candidates += [region(image, scene, o) for o in scene.objects[1:]]
-        for attribute in ("colour", "shape", "size", "colour", "shape", "colour"):
-            altered = shapes.perturb(scene, rng, attribute, 0, split)
-            item = region(shapes.render(altered), altered, altered.main)
-            if item.key not in {c.key for c in candidates}:
-                candidates.append(item)
+        for o in scene.objects[1:]:
+            add(scene, o, o.describe(with_position=False))
         taken = {(o.row, o.column) for o in scene.objects}
-        empty = [shapes.ShapeObject(m.colour, m.shape, m.size, r, c)
-                 for r in ROWS for c in COLUMNS if (r, c) not in taken]
-        while len(candidates) < N_NEGATIVES + 1:
-            candidates.append(region(image, scene, empty.pop(rng.randrange(len(empty)))))
-        candidates = candidates[: N_NEGATIVES + 1]
-    query = Item(f"select the {m.colour} {m.shape} .", image, key=f"ground|scene:{scene.caption()}")
+        row, column = rng.choice([(r, c) for r in ROWS for c in COLUMNS if (r, c) not in taken])
+        add(scene, replace(m, row=row, column=column), "empty")
+        attributes = iter(("colour", "shape", "size", "colour", "shape", "colour"))
+        while len(candidates) < N_NEGATIVES + 1:  # then colour or shape, until the list is full
+            other = shapes.perturb(scene, rng, next(attributes, None) or rng.choice(("colour", "shape")), 0, split)
+            add(other, other.main, other.main.describe(with_position=False))
+    query = _image_item(f"select the {m.colour} {m.shape} .", image, shapes.image_id(scene))
     return Example(query, candidates, scene.labels())
 
 
@@ -143,18 +166,18 @@ def _digit_ground(rng: random.Random, split: str, negatives: bool) -> Example:
     boxes = [(i * cell, cell, (i + 1) * cell, 2 * cell) for i in range(3)]
     for index, box in zip(chosen, boxes):
         canvas.paste(digits.digit_image(index, cell), box[:2])
+    source = f"digits[{','.join(map(str, chosen))}]@{shapes.IMAGE_SIZE}"
     target = rng.randrange(3)
-    key = "digits:" + ",".join(map(str, chosen))
-    candidates = [Item("", shapes.crop(canvas, boxes[target], CROP_SIZE), key=f"{key}:{target}")]
+    candidates = [_crop_item(canvas, source, boxes[target])]
     if negatives:
-        candidates += [Item("", shapes.crop(canvas, boxes[i], CROP_SIZE), key=f"{key}:{i}")
-                       for i in range(3) if i != target]
+        candidates += [_crop_item(canvas, source, boxes[i]) for i in range(3) if i != target]
         while len(candidates) < N_NEGATIVES + 1:
             other = int(rng.choice(pool))
-            if labels[other] != labels[chosen[target]] and f"digit:{other}" not in {c.key for c in candidates}:
-                candidates.append(Item("", digits.digit_image(other, CROP_SIZE), key=f"digit:{other}"))
+            item = _image_item("", digits.digit_image(other, CROP_SIZE), digits.image_id(other, CROP_SIZE))
+            if labels[other] != labels[chosen[target]] and item.key not in {c.key for c in candidates}:
+                candidates.append(item)
     name = NUMBERS[int(labels[chosen[target]])]
-    query = Item(f"find the digit {name} .", canvas, key=key)
+    query = _image_item(f"find the digit {name} .", canvas, source)
     return Example(query, candidates, {"digit": name})
 
 
@@ -194,7 +217,7 @@ def _task(name: str) -> Task:
 
 def build_mini_mmeb(n_per_dataset: int = 100, seed: int = 0, splits: tuple[str, ...] = shapes.SPLITS,
                     tasks: tuple[str, ...] | None = None) -> list[EvalDataset]:
-    """Evaluation datasets, deterministic in `seed`; IND eval scenes use a different stream than training."""
+    """Evaluation datasets, deterministic in `seed`: IND queries show evaluation scenes only."""
     datasets = []
     for task in (_task(n) for n in (tasks or TASK_NAMES)):
         for split in (s for s in splits if s in task.splits):
@@ -205,12 +228,12 @@ def build_mini_mmeb(n_per_dataset: int = 100, seed: int = 0, splits: tuple[str, 
 
 
 def training_examples(n: int, seed: int = 0, tasks: tuple[str, ...] | None = None) -> list[Example]:
-    """`n` IND (query, positive) training pairs mixed evenly over `tasks`; digits come from their train split."""
+    """`n` (query, positive) training pairs mixed evenly over `tasks`, from the training scenes and digits."""
     chosen = [_task(name) for name in (tasks or TASK_NAMES)]
     rng = random.Random(f"train:{seed}")
     out = []
     for i in range(n):
         task = chosen[i % len(chosen)]
-        out.append(task.make(rng, "train" if task.name.startswith("Digits") else "ind", False))
+        out.append(task.make(rng, "train", False))
     rng.shuffle(out)
     return out

@@ -3,10 +3,16 @@
 Every scene is a value (`Scene`), drawn from a seed, so data are deterministic; `render` turns it into
 an RGB image and `caption` into text. Some colour-shape combinations are held out of the in-distribution
 (IND) split and used only as the main object of out-of-distribution (OOD) scenes.
+
+Training and evaluation scenes are disjoint by construction: `is_eval_scene` assigns every scene (its
+set of objects, i.e. its image) by a fixed hash to evaluation (1 in `EVAL_SHARE`) or training, and
+`sample_scene(split="train")` draws only training scenes, `split="ind"` only evaluation scenes. OOD scenes
+never occur in training (their main object is a held-out combination).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, replace
 
@@ -23,7 +29,8 @@ HELD_OUT = frozenset({
     ("red", "triangle"), ("green", "diamond"), ("blue", "cross"), ("yellow", "circle"),
     ("purple", "square"), ("cyan", "triangle"),
 })
-SPLITS = ("ind", "ood")
+SPLITS = ("ind", "ood")  # evaluation splits; "train" draws the training scenes
+EVAL_SHARE = 4  # one IND scene in EVAL_SHARE is evaluation-only
 ATTRIBUTES = ("colour", "shape", "size", "position")
 CAPTION_TEMPLATES = ("{}", "there is {}", "the image shows {}", "a picture of {}", "this scene contains {}")
 
@@ -63,16 +70,39 @@ class Scene:
         body = " and ".join(o.describe() for o in self.objects)
         return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(body)
 
+    @property
+    def content(self) -> str:
+        """What the image shows, independent of object order: equal for scenes that render alike."""
+        return "; ".join(sorted(o.describe() for o in self.objects))
+
+
+def image_id(scene: Scene, size: int = IMAGE_SIZE) -> str:
+    """Identity of `render(scene, size)`: equal ids, equal pixels."""
+    return f"scene[{scene.content}]@{size}"
+
+
+def is_eval_scene(scene: Scene) -> bool:
+    """Whether `scene` belongs to evaluation (a fixed hash of its content; 1 in `EVAL_SHARE`)."""
+    return int(hashlib.sha1(scene.content.encode()).hexdigest(), 16) % EVAL_SHARE == 0
+
 
 def _combo_ok(colour: str, shape: str, split: str) -> bool:
-    return (colour, shape) not in HELD_OUT if split == "ind" else True
+    return split == "ood" or (colour, shape) not in HELD_OUT
 
 
 def sample_scene(rng: random.Random, split: str = "ind", n_objects: int | None = None,
                  distinct_shapes: bool = False) -> Scene:
-    """Draw a scene; in `ood` the main object is a held-out colour-shape combination."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    """Draw a scene: `train` from the training scenes, `ind` from the evaluation scenes (both without
+    held-out combinations), `ood` with a held-out colour-shape combination as main object."""
+    if split not in ("train", *SPLITS):
+        raise ValueError(f"unknown split {split!r}; valid splits: train, {', '.join(SPLITS)}")
+    while True:
+        scene = _draw_scene(rng, split, n_objects, distinct_shapes)
+        if split == "ood" or is_eval_scene(scene) == (split == "ind"):
+            return scene
+
+
+def _draw_scene(rng: random.Random, split: str, n_objects: int | None, distinct_shapes: bool) -> Scene:
     n = n_objects if n_objects is not None else rng.randint(1, 3)
     cells = rng.sample([(r, c) for r in ROWS for c in COLUMNS], n)
     objects: list[ShapeObject] = []
@@ -130,6 +160,17 @@ def hard_negatives(scene: Scene, rng: random.Random, k: int, split: str = "ind")
             out.append(candidate)
     if len(out) < k:
         raise RuntimeError(f"could only find {len(out)} of {k} hard negatives for {scene.caption()!r}")
+    return out
+
+
+def random_scenes(scene: Scene, rng: random.Random, k: int, split: str = "ind") -> list[Scene]:
+    """`k` scenes drawn from `split`, none showing what `scene` shows and no two alike (random negatives)."""
+    seen, out = {scene.content}, []
+    while len(out) < k:
+        other = sample_scene(rng, split)
+        if other.content not in seen:
+            seen.add(other.content)
+            out.append(other)
     return out
 
 

@@ -2,8 +2,17 @@
 
 An edge `(query_group, key_group)`, e.g. `("EOS", "image")`, stops every query of the first group from
 attending to any key of the second, in the chosen layers, on top of the mask type. Groups are the
-roles `A`, `EOS`, `B` and the two parts of A, `image` and `text`. A position always keeps its own key,
-so no softmax row is ever empty.
+roles `A`, `EOS`, `B` and the prompt segments of A (`analysis.presets.SEGMENTS`): `image` (the image
+tokens), `vision` (the `<|vision_start|>` / `<|vision_end|>` markers around them: neither image nor
+text), `text` (the input's text), `instruction` and `template`; `~group` is every other (non-PAD)
+position. A position always keeps its own key, so no softmax row is ever empty.
+
+An edge removes the *direct* edge only: with `("EOS", "image")` cut, the image still reaches EOS through
+every other position that reads it (text, vision markers, template). To remove a group's whole
+contribution to EOS, isolate it: `isolate("image")` = `("~image", "image")` in every layer stops every
+other position from reading it, so nothing of it reaches EOS (the position ids, which depend on the
+image's size but not on its content, are untouched). Cut in some layers only, an isolation leaves the
+paths through the other layers.
 
 Mechanism: the chosen layers' attention modules get a forward pre-hook that adds `finfo.min` to the
 blocked entries of the additive mask they receive (the pre-softmax scores), so the softmax gives those
@@ -24,11 +33,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from analysis.data.items import EvalDataset, Item
 from analysis.embed import embed_items, eos_states
 from analysis.evaluate import evaluate
-from analysis.inputs import Batch
+from analysis.inputs import SEGMENT_ID, Batch
 from analysis.lens.validate import check_batch
-from analysis.masks import EOS, A, B, check_mask_type
+from analysis.masks import EOS, PAD, A, B, check_mask_type
 
-GROUPS = ("A", "EOS", "B", "image", "text")
+ROLE_GROUPS = {"A": A, "EOS": EOS, "B": B}
+SEGMENT_GROUPS = ("image", "vision", "text", "instruction", "template")
+GROUPS = (*ROLE_GROUPS, *SEGMENT_GROUPS)
 Edge = tuple[str, str]
 
 
@@ -37,15 +48,20 @@ def _hf(model) -> torch.nn.Module:
 
 
 def group_positions(batch: Batch, group: str) -> torch.Tensor:
-    """BoolTensor `[B, L]`: the positions of `group` (a role, or `image` / `text` within A)."""
-    roles, image = batch.roles, batch.is_image
-    if group == "image":
-        return image & (roles == A)
-    if group == "text":
-        return ~image & (roles == A)
-    if group in ("A", "EOS", "B"):
-        return roles == {"A": A, "EOS": EOS, "B": B}[group]
-    raise ValueError(f"unknown knockout group {group!r}; valid groups: {', '.join(GROUPS)}")
+    """BoolTensor `[B, L]`: the positions of `group` (a role, a segment of A, or `~group`: all other non-PAD)."""
+    roles = batch.roles
+    if group.startswith("~"):
+        return (roles != PAD) & ~group_positions(batch, group[1:])
+    if group in ROLE_GROUPS:
+        return roles == ROLE_GROUPS[group]
+    if group in SEGMENT_GROUPS:
+        return (batch.segment_ids == SEGMENT_ID[group]) & (roles == A)
+    raise ValueError(f"unknown knockout group {group!r}; valid groups: {', '.join(GROUPS)}, or ~ before one")
+
+
+def isolate(group: str) -> list[Edge]:
+    """The edges that stop every other position from reading `group`: in every layer, its whole contribution."""
+    return [(f"~{group}", group)]
 
 
 def blocked(batch: Batch, edges: Sequence[Edge]) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Linear probes of per-layer states, with Hewitt & Liang (2019) control tasks.
 
 ``LayerProbe`` is a scikit-learn style estimator: hyper-parameters in the constructor, ``fit``
-stores results in attributes ending in ``_``. Inputs are torch tensors or array-likes.
+stores results in attributes ending in ``_``. Inputs are torch tensors or array-likes. Folds are
+grouped by input, so repeated inputs never leak from training into test; ``label_in_text`` flags
+samples whose label is written in their own text (a probe could read it off the text tokens).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -13,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
@@ -30,15 +33,39 @@ def _encode(values) -> tuple[np.ndarray, list[Hashable]]:
     return codes, list(index)
 
 
-def _skip_reason(codes: np.ndarray, groups: np.ndarray | None, cv: int) -> str | None:
-    """Why ``cv``-fold probing of these labels (and groups) is impossible, or None."""
+def control_task(labels: Sequence[Hashable], types: Sequence[Hashable], seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang (2019) control labels ``[N]`` (codes of ``labels``' distinct values, in
+    first-appearance order): one per distinct type, drawn i.i.d. from the empirical distribution of
+    ``labels``, so every sample of a type shares its type's control label."""
+    y, _ = _encode(labels)
+    t, _ = _encode(types)
+    if len(y) != len(t):
+        raise ValueError(f"{len(y)} labels but {len(t)} types")
+    rng = np.random.default_rng([seed, 1])  # not default_rng(seed): must not replay labels drawn with it
+    return rng.choice(y.max() + 1, size=t.max() + 1, p=np.bincount(y) / len(y))[t]
+
+
+def label_in_text(labels: Sequence[Hashable | None], texts: Sequence[str]) -> np.ndarray:
+    """Bool ``[N]``: sample i's label occurs in its text as whole words (``"top left"`` in ``"what is at the
+    top left ?"``, not ``"red"`` in ``"tired"``); False where the label is None."""
+    if len(labels) != len(texts):
+        raise ValueError(f"{len(labels)} labels but {len(texts)} texts")
+
+    def words(x) -> str:
+        return " " + " ".join(re.findall(r"\w+", str(x).lower())) + " "
+
+    return np.array([label is not None and words(label) in words(text) for label, text in zip(labels, texts)])
+
+
+def _skip_reason(codes: np.ndarray, groups: np.ndarray, cv: int) -> str | None:
+    """Why ``cv``-fold grouped probing of these labels is impossible, or None."""
     counts = np.bincount(codes)
     if len(counts) < 2:
         return "fewer than 2 classes"
     if counts.min() < cv:
         return f"smallest class has {counts.min()} samples, fewer than cv={cv} folds"
-    if groups is not None and len(np.unique(groups)) < cv:
-        return f"{len(np.unique(groups))} distinct types, fewer than cv={cv} folds"
+    if len(np.unique(groups)) < cv:
+        return f"{len(np.unique(groups))} distinct inputs, fewer than cv={cv} folds"
     return None
 
 
@@ -54,48 +81,42 @@ def _fold_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 class LayerProbe(BaseEstimator):
     """Cross-validated logistic-regression probe for every layer, with a control task.
 
-    cv: number of folds. C, max_iter: of the (standardised, lbfgs) logistic regression.
-    control: also run the control task: each distinct *type* (see ``fit``) gets a control label
-        drawn uniformly from ``range(n_classes)``; selectivity = accuracy - control accuracy.
-    grouped: when ``types`` are given, split folds with ``StratifiedGroupKFold`` so that no type
-        is in both train and test (no leakage through repeated inputs). The control task then
-        sits at chance by construction, an empirical chance level. With ``grouped=False`` folds
-        are ``StratifiedKFold`` on the labels, types recur across folds and the control task
-        measures how much the probe can memorise types, as in Hewitt & Liang.
+    cv: number of folds, always grouped (``StratifiedGroupKFold``): samples of one input (``groups`` in
+        ``fit``) never sit on both sides of a split. C, max_iter: of the (standardised, lbfgs) logistic
+        regression.
+    control: also run Hewitt & Liang's control task (``control_task``: one label per *type*, drawn from
+        the empirical label distribution) on the same folds; selectivity = accuracy - control accuracy.
+        When types are the inputs themselves (the default), no test type was seen in training and the
+        control accuracy is what the probe gets from the label distribution alone; types that recur
+        across inputs (and so across folds) make it measure how well the probe memorises types.
     seed: seeds the fold shuffling and the control labels.
     """
 
-    def __init__(
-        self, cv: int = 5, C: float = 1.0, max_iter: int = 200, control: bool = True, grouped: bool = False,
-        seed: int = 0,
-    ):
+    def __init__(self, cv: int = 5, C: float = 1.0, max_iter: int = 200, control: bool = True, seed: int = 0):
         self.cv = cv
         self.C = C
         self.max_iter = max_iter
         self.control = control
-        self.grouped = grouped
         self.seed = seed
 
-    def fit(self, states, labels: Sequence[Hashable], types: Sequence[Hashable] | None = None) -> LayerProbe:
-        """states ``[N, layers, d]`` (e.g. per-layer EOS states); labels ``[N]`` (any hashables);
-        types ``[N]`` optional sample types (caption, scene id); without them every sample is its
-        own type. Sets ``classes_`` and ``results_`` (see ``score``)."""
+    def fit(self, states, labels: Sequence[Hashable], groups: Sequence[Hashable] | None = None,
+            types: Sequence[Hashable] | None = None) -> LayerProbe:
+        """states ``[N, layers, d]`` (e.g. per-layer EOS states); labels ``[N]`` (any hashables); groups
+        ``[N]`` the input's identity (a capture record's key; None: every sample a different input);
+        types ``[N]`` the control task's types (None: the groups). Sets ``classes_``, ``control_labels_``
+        (codes ``[N]``, None without control) and ``results_`` (see ``score``)."""
         x = as_numpy(states)
         if x.ndim != 3:
             raise ValueError(f"states must be [N, layers, d], got shape {x.shape}")
         y, self.classes_ = _encode(labels)
-        type_codes = np.arange(len(y)) if types is None else _encode(types)[0]
-        if not len(y) == len(type_codes) == len(x):
-            raise ValueError(f"{len(x)} states, {len(y)} labels and {len(type_codes)} types differ in length")
-        groups = type_codes if types is not None and self.grouped else None
-        reason = _skip_reason(y, groups, self.cv)
+        group_codes = np.arange(len(y)) if groups is None else _encode(groups)[0]
+        if not len(y) == len(group_codes) == len(x):
+            raise ValueError(f"{len(x)} states, {len(y)} labels and {len(group_codes)} groups differ in length")
+        reason = _skip_reason(y, group_codes, self.cv)
         if reason is not None:
             raise ValueError(f"cannot probe: {reason}")
-        if groups is None:
-            splitter = StratifiedKFold(self.cv, shuffle=True, random_state=self.seed)
-        else:
-            splitter = StratifiedGroupKFold(self.cv, shuffle=True, random_state=self.seed)
-        folds = list(splitter.split(np.zeros((len(y), 1)), y, groups))
+        splitter = StratifiedGroupKFold(self.cv, shuffle=True, random_state=self.seed)
+        folds = list(splitter.split(np.zeros((len(y), 1)), y, group_codes))
 
         def cv_accuracy(targets: np.ndarray) -> np.ndarray:  # [layers, folds]
             return np.array([
@@ -104,12 +125,11 @@ class LayerProbe(BaseEstimator):
             ])
 
         accuracy = cv_accuracy(y)
+        self.control_labels_ = None
+        control = np.full_like(accuracy, np.nan)
         if self.control:
-            # [seed, 1], not seed: control labels must not replay labels drawn with default_rng(seed)
-            rng = np.random.default_rng([self.seed, 1])
-            control = cv_accuracy(rng.integers(0, len(self.classes_), size=type_codes.max() + 1)[type_codes])
-        else:
-            control = np.full_like(accuracy, np.nan)
+            self.control_labels_ = control_task(y, group_codes if types is None else types, self.seed)
+            control = cv_accuracy(self.control_labels_)
         self.results_ = {
             "accuracy": accuracy.mean(axis=1),
             "accuracy_std": accuracy.std(axis=1),
@@ -128,29 +148,30 @@ class LayerProbe(BaseEstimator):
         return self.results_
 
 
-def probe_attributes(
-    states, attributes: Mapping[str, Sequence[Hashable]], types: Sequence[Hashable] | None = None, **probe_kwargs
-) -> dict[str, dict]:
+def probe_attributes(states, attributes: Mapping[str, Sequence[Hashable]], groups: Sequence[Hashable] | None = None,
+                     types: Sequence[Hashable] | None = None, **probe_kwargs) -> dict[str, dict]:
     """Probe several attributes of the same states ``[N, layers, d]``.
 
     attributes: ``{name: labels [N]}`` (colour, shape, size, position, count, digit, ...); samples
     whose label is None (e.g. a digit has no colour) are left out of that attribute's probe.
-    Returns ``{name: LayerProbe results}``; an attribute that cannot be probed (fewer than 2
-    classes, a class or the types smaller than the folds) maps to ``{"skipped": reason}``.
+    groups, types: ``[N]``, as in ``LayerProbe.fit``. Returns ``{name: LayerProbe results}``; an
+    attribute that cannot be probed (fewer than 2 classes, a class or the distinct inputs fewer than
+    the folds) maps to ``{"skipped": reason}``.
     """
     probe = LayerProbe(**probe_kwargs)
     x = as_numpy(states)
+    n = len(x)
+    groups = np.arange(n) if groups is None else _encode(groups)[0]
     results: dict[str, dict] = {}
     for name, labels in attributes.items():
         keep = np.array([label is not None for label in labels], dtype=bool)
         kept = [label for label in labels if label is not None]
-        kept_types = None if types is None else [t for t, k in zip(types, keep) if k]
         if not kept:
             results[name] = {"skipped": "no sample has this label"}
             continue
-        groups = _encode(kept_types)[0] if kept_types is not None and probe.grouped else None
-        reason = _skip_reason(_encode(kept)[0], groups, probe.cv)
-        results[name] = {"skipped": reason} if reason else probe.fit(x[keep], kept, kept_types).score()
+        kept_types = None if types is None else [t for t, k in zip(types, keep) if k]
+        reason = _skip_reason(_encode(kept)[0], groups[keep], probe.cv)
+        results[name] = {"skipped": reason} if reason else probe.fit(x[keep], kept, groups[keep], kept_types).score()
     return results
 
 

@@ -53,11 +53,12 @@ def bridged_pair(ex: Example) -> tuple[Item, str]:
 
 def warmup_batch(processor, model, examples: list[Example], mntp_prob: float, mae_ratio: float, mask_id: int,
                  generator: torch.Generator, max_text_tokens: int | None = None) -> MaskedBatch:
+    """Warm-up layout with MNTP-masked text and, unless `mae_ratio` is 0, the image tokens MAE masks."""
     batch = encode(processor, model, [warmup_item(ex) for ex in examples], max_text_tokens=max_text_tokens)
     ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, A), mntp_prob, mask_id, generator)
     batch.input_ids = ids
     mae = None
-    if batch.image_grid_thw is not None:
+    if batch.image_grid_thw is not None and mae_ratio > 0:
         merge = processor.image_processor.merge_size ** 2
         mae = mae_token_mask(batch.image_grid_thw, mae_ratio, merge, generator)
     return MaskedBatch(batch, labels, mae)
@@ -153,8 +154,8 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
         if stage == "pretrain":
             return {"recon": caption_batch(processor, model, examples, limit)}
         if stage == "warmup":
-            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, cfg.mae_ratio, mask_id, gen,
-                                           limit)}
+            mae_ratio = cfg.mae_ratio if cfg.mae_weight > 0 else 0.0  # MAE off: no image token is masked
+            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, mae_ratio, mask_id, gen, limit)}
         out = {}
         if stage == "bridged" and recipe.recon_weight > 0:
             out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)

@@ -225,18 +225,18 @@ def text_candidates(batch: Batch, role: int) -> Tensor:
 
 
 def warmup_loss(model, decoder: MAEDecoder, mb: MaskedBatch, mask_type: str, mae_weight: float) -> dict[str, Tensor]:
-    """Stage 1: MNTP on masked text + `mae_weight` x MAE on masked image tokens, under `mask_type`."""
+    """Stage 1: MNTP on masked text + `mae_weight` x MAE on masked image tokens, under `mask_type`.
+    At `mae_weight` 0 the images go in whole: no MAE, and no patch masked."""
     batch = mb.batch
     pixels = batch.pixel_values
-    masked_pixels = None if pixels is None or mb.mae_tokens is None else mask_pixels(
-        pixels, mb.mae_tokens, decoder.mask_token, decoder.merge)
+    mae = mae_weight > 0 and pixels is not None and mb.mae_tokens is not None
+    masked_pixels = mask_pixels(pixels, mb.mae_tokens, decoder.mask_token, decoder.merge) if mae else None
     hidden = forward_hidden(model, batch, mask_type, pixel_values=masked_pixels)
     out = {"mntp": mntp_loss(hidden, mb.labels, base_model(model).lm_head)}
-    if masked_pixels is not None and mae_weight > 0:
+    out["loss"] = out["mntp"]
+    if mae:
         out["mae"] = mae_loss(decoder, hidden[batch.is_image], pixels, mb.mae_tokens)
         out["loss"] = out["mntp"] + mae_weight * out["mae"]
-    else:
-        out["loss"] = out["mntp"]
     return out
 
 
