@@ -179,9 +179,9 @@ def _meta(task: str, split: str, meta_task: str, negatives: str) -> dict[str, ob
 
 def _shapes(n: int, seed: int) -> Iterator[Sample]:
     rng = random.Random(f"capture:shapes:{seed}")
-    for i in range(n):
+    for _ in range(n):
         scene = shapes.sample_scene(rng, "ind")
-        item, caption = Item("", shapes.render(scene), key=f"shapes:{seed}:{i}"), scene.caption()
+        item, caption = Item("", shapes.render(scene), key=f"{shapes.image_id(scene)}|"), scene.caption()
         yield Sample(item, caption, scene.labels(), dict(dataset="shapes", split="ind", caption=caption))
 
 
@@ -192,7 +192,7 @@ def _digits(n: int, seed: int) -> Iterator[Sample]:
     for i in range(n):
         index = order[i % len(order)]
         label = int(labels[index])
-        item = Item("", digits.digit_image(index), key=f"digit:{index}")
+        item = Item("", digits.digit_image(index), key=f"{digits.image_id(index)}|")
         yield Sample(item, digits.digit_name(label), {"digit": NUMBERS[label]}, dict(dataset="digits", index=index))
 
 
