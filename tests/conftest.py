@@ -20,3 +20,12 @@ def tiny(request):
     """(name, model, processor) for each embedded backbone, random weights, eager attention."""
     model, processor = build_tiny(request.param, seed=0)
     return request.param, model, processor
+
+
+@pytest.fixture(scope="session")
+def realwidth(tmp_path_factory):
+    """Real-width 2-layer checkpoint directories, written once per session (tests/realwidth.py, ~20 s, ~3 GB RSS):
+    {"qwen2-vl-2b", "qwen2.5-vl-3b", "qwen2-vl-2b-lora", "qwen2-vl-2b-dora"} -> Path."""
+    from realwidth import write_all
+
+    return write_all(tmp_path_factory.mktemp("realwidth"))
