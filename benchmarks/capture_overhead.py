@@ -1,15 +1,22 @@
-"""What capturing through TransformerLens costs, against a plain eager Hugging Face forward.
+"""What capturing through TransformerLens costs, against a plain sdpa Hugging Face forward.
 
-1. Time (CPU, tiny Qwen2-VL, 1 thread): capture of EOS states (every layer + final norm) and EOS-row
-   patterns (all layers, heads), written to shards, against `model(**inputs, output_attentions=True)` on
-   the same pre-encoded mini-MMEB batches; both with `logits_to_keep=1`, rounds interleaved. Target <= 1.15.
+1. Time (CPU, 1 thread), rounds interleaved, median of the per-round ratios. Each round runs the same
+   pre-encoded batches as a plain sdpa forward (`model(**inputs, logits_to_keep=1)`), a plain eager forward
+   with `output_attentions` (what EOS-row patterns used to cost), and a capture: EOS states at every layer and
+   the final norm plus EOS-row patterns of every layer and head, written to shards, as `capture()` runs it
+   (sdpa; the rows come from each layer's queries and keys, `analysis.lens.pattern_rows`). Headline: capture /
+   plain sdpa, target <= 1.15; capture / eager beside it. Two models:
+   a. tiny Qwen2-VL (d=128, 4 layers), batches of 8 mini-MMEB image queries at 448x448 (256 image tokens, L~265);
+   b. a real-width Qwen2-VL-2B stand-in (2 text layers, 2 vision blocks, random weights: tests/realwidth.py),
+      a photograph (scikit-learn's china.jpg, 345 image tokens, L~350).
 2. Memory (CPU): peak RSS of a whole `capture()` run at N=2,000 and N=20,000 samples, each in a fresh
-   subprocess (resource.getrusage). Target ratio <= 1.2.
+   subprocess (resource.getrusage). Target ratio <= 1.2. Skipped with `--no-rss`.
 3. GPU (when CUDA is available; `--gpu` runs only this): the same timing on a random-initialised Qwen2-VL
    at 2B size (Qwen2-VL-2B's config) in bf16, with samples/s and peak GPU memory, plus an end-to-end
    `capture()` under two mask types.
 
-Prints, never asserts. Run: `.venv/bin/python benchmarks/capture_overhead.py [--gpu]` (CPU part: ~70 s).
+Prints, never asserts. Run: `.venv/bin/python benchmarks/capture_overhead.py [--no-rss] [--gpu]`
+(CPU timing ~4 min, the RSS part several minutes more).
 """
 
 from __future__ import annotations
@@ -25,19 +32,19 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-from analysis.inputs import encode
-from analysis.lens import boot, capture
-from analysis.lens.recorder import Recorder
-from analysis.lens.sources import samples
-from analysis.lens.store import ShardWriter
-from analysis.models import build_processor, build_tiny
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import realwidth  # noqa: E402  (the real-width stand-ins the tests use)
 
-def _batches(processor, model, n_batches: int, batch_size: int, device: str = "cpu"):
-    stream = samples("mini-mmeb", n_batches * batch_size)[2]
-    items = [s.item for s in stream]
-    return [encode(processor, model, items[i:i + batch_size]).to(device) for i in range(0, len(items), batch_size)]
+from analysis.data.items import Item  # noqa: E402
+from analysis.inputs import encode  # noqa: E402
+from analysis.lens import boot, capture  # noqa: E402
+from analysis.lens.recorder import Recorder  # noqa: E402
+from analysis.lens.sources import samples  # noqa: E402
+from analysis.lens.store import ShardWriter  # noqa: E402
+from analysis.models import build_processor, build_tiny  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -46,47 +53,75 @@ def _sync(device: str) -> None:
 
 
 @torch.no_grad()
-def compare(model, processor, n_batches: int, batch_size: int, rounds: int, device: str = "cpu") -> dict:
-    """Seconds per round of plain HF forwards vs capture (hooks, EOS rows, shard writes), interleaved."""
-    batches = _batches(processor, model, n_batches, batch_size, device)
-    bridge = boot(model, processor)  # wraps a copy: `model` stays the plain Hugging Face baseline
+def compare(model, processor, batches: list, rounds: int, device: str = "cpu") -> dict:
+    """Seconds per round of plain sdpa / plain eager forwards vs capture, interleaved; medians of per-round ratios."""
+    bridge = boot(model, processor, attn_implementation="sdpa")  # wraps a copy: `model` stays plain Hugging Face
     dtype = next(model.parameters()).dtype
 
-    def plain():
+    def plain(implementation: str):
+        model.set_attn_implementation(implementation)
         for batch in batches:
-            model(**batch.model_inputs("causal", dtype), output_attentions=True, logits_to_keep=1)
+            model(**batch.model_inputs("causal", dtype), output_attentions=implementation == "eager", logits_to_keep=1)
 
     recorder = Recorder(bridge, patterns="eos")  # as capture() runs it: hooks installed once per run
 
     def captured():
+        n = sum(len(b.input_ids) for b in batches)
         with tempfile.TemporaryDirectory() as out, recorder.installed():
-            writer = ShardWriter(out, dict(format="bench", n=len(batches) * batch_size, mask_type="causal"), 512)
+            writer = ShardWriter(out, dict(format="bench", n=n, mask_type="causal"), 512)
             for batch in batches:
                 for sample in recorder.run(batch, "causal"):
                     writer.add(dict(sample, record=dict(has_b=False)))
             writer.finish()
 
-    times = {"plain": [], "capture": []}
-    for fn in (plain, captured):  # warm-up
+    runs = {"sdpa": lambda: plain("sdpa"), "eager": lambda: plain("eager"), "capture": captured}
+    times = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
         fn()
     for _ in range(rounds):
-        for name, fn in (("plain", plain), ("capture", captured)):
+        for name, fn in runs.items():
             _sync(device)
             start = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    n = n_batches * batch_size
-    plain_s, capture_s = statistics.median(times["plain"]), statistics.median(times["capture"])
-    return dict(samples=n, seq_len=max(b.input_ids.shape[1] for b in batches), plain_s=plain_s, capture_s=capture_s,
-                ratio=capture_s / plain_s, plain_per_s=n / plain_s, capture_per_s=n / capture_s)
+    n = sum(len(b.input_ids) for b in batches)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ratios = {base: [c / b for c, b in zip(times["capture"], times[base])] for base in ("sdpa", "eager")}
+    return dict(samples=n, seq_len=max(b.input_ids.shape[1] for b in batches), rounds=rounds, seconds=median,
+                ratio_sdpa=statistics.median(ratios["sdpa"]), ratio_eager=statistics.median(ratios["eager"]),
+                ratio_range=(min(ratios["sdpa"]), max(ratios["sdpa"])))
 
 
 def _print_timing(label: str, r: dict) -> None:
-    print(f"{label}: {r['samples']} samples (max seq len {r['seq_len']}), median over rounds")
-    print(f"  plain eager HF forward + output_attentions: {r['plain_s']:.3f} s ({r['plain_per_s']:.0f} samples/s)")
-    print(f"  capture (EOS states + EOS-row patterns)   : {r['capture_s']:.3f} s ({r['capture_per_s']:.0f} samples/s)")
-    print(f"  ratio capture / plain                     : {r['ratio']:.3f}   (target <= 1.15)")
+    s = r["seconds"]
+    print(f"{label}: {r['samples']} samples per round (padded length {r['seq_len']}), {r['rounds']} rounds, medians")
+    print(f"  plain sdpa HF forward                 : {s['sdpa']:.3f} s ({r['samples'] / s['sdpa']:.1f} samples/s)")
+    print(f"  plain eager HF forward + attentions   : {s['eager']:.3f} s")
+    print(f"  capture (EOS states + EOS-row patterns): {s['capture']:.3f} s")
+    low, high = r["ratio_range"]
+    print(f"  capture / plain sdpa (headline)       : {r['ratio_sdpa']:.3f}   (target <= 1.15; per round "
+          f"{low:.3f}-{high:.3f})")
+    print(f"  capture / plain eager                 : {r['ratio_eager']:.3f}")
+
+
+def tiny_batches(model, processor, n_batches: int, batch_size: int, side: int = 448) -> list:
+    """Batches of mini-MMEB image queries, images at side x side (256 image tokens at 448)."""
+    big = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=side * side, max_pixels=side * side),
+                           tokenizer=processor.tokenizer, video_processor=Qwen2VLVideoProcessor())
+    items = [s.item for s in samples("mini-mmeb", 8 * n_batches * batch_size)[2] if s.item.has_image]
+    items = items[:n_batches * batch_size]
+    return [encode(big, model, items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def realwidth_batches(model, processor, batch_size: int) -> list:
+    """One batch of `batch_size` photographs (345 image tokens each), each with a short caption."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    items = [Item("a temple in the photograph", photos[i % len(photos)], key=f"photo{i}") for i in range(batch_size)]
+    return [encode(processor, model, items)]
 
 
 def rss_child(n: int, batch_size: int) -> None:
@@ -125,7 +160,7 @@ def qwen2_vl_2b(processor):
     config.architectures = ["Qwen2VLForConditionalGeneration"]
     config.tie_word_embeddings = True
     with torch.device("cuda"):
-        model = Qwen2VLForConditionalGeneration._from_config(config, attn_implementation="eager", dtype=torch.bfloat16)
+        model = Qwen2VLForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16)
     return model.eval()
 
 
@@ -138,7 +173,8 @@ def gpu_section(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"\nGPU: {torch.cuda.get_device_name()}, random Qwen2-VL 2B size ({n_params / 1e9:.2f} B params), bf16")
     torch.cuda.reset_peak_memory_stats()
-    r = compare(model, processor, args.gpu_batches, args.gpu_batch_size, args.rounds, device="cuda")
+    batches = tiny_batches(model, processor, args.gpu_batches, args.gpu_batch_size)
+    r = compare(model, processor, [b.to("cuda") for b in batches], args.rounds, device="cuda")
     _print_timing("  model-side", r)
     peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"  peak GPU memory (model + bridged copy + activations): {peak:.2f} GiB")
@@ -156,10 +192,19 @@ def gpu_section(args) -> None:
 
 def cpu_section(args) -> None:
     torch.set_num_threads(1)
-    model, processor = build_tiny("tiny-qwen2-vl")
-    print(f"CPU, torch threads {torch.get_num_threads()}, tiny Qwen2-VL (d=128, 4 layers), batch {args.batch_size}")
-    _print_timing("time", compare(model, processor, args.batches, args.batch_size, args.rounds))
-    small, large = peak_rss(args.n_small, args.batch_size), peak_rss(args.n_large, args.batch_size)
+    print(f"CPU, torch threads {torch.get_num_threads()}, load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    model, processor = build_tiny("tiny-qwen2-vl", attn_implementation="sdpa")
+    batches = tiny_batches(model, processor, args.batches, args.batch_size)
+    _print_timing("tiny Qwen2-VL (d=128, 4 layers)", compare(model, processor, batches, args.rounds))
+    model, processor = realwidth.build_model("qwen2-vl-2b"), realwidth.build_processor("qwen2-vl-2b")
+    batches = realwidth_batches(model, processor, args.real_batch_size)
+    timing = compare(model, processor, batches, args.real_rounds)
+    _print_timing("real-width Qwen2-VL-2B stand-in (2 text layers)", timing)
+    del model, batches
+    print(f"load average after timing {Path('/proc/loadavg').read_text().split()[:3]}")
+    if args.no_rss:
+        return
+    small, large = peak_rss(args.n_small, 32), peak_rss(args.n_large, 32)
     print("peak RSS of a whole capture() (mini-MMEB, causal, EOS rows), each N in a fresh process:")
     for r in (small, large):
         print(f"  N={r['n']:>6}: {r['peak_rss_mib']:.0f} MiB ({r['seconds']:.0f} s, {r['disk_mib']:.1f} MiB on disk)")
@@ -170,9 +215,12 @@ def cpu_section(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=25, help="CPU timing: batches per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8, help="tiny model: samples per batch")
+    parser.add_argument("--batches", type=int, default=2, help="tiny model: batches per round")
+    parser.add_argument("--rounds", type=int, default=15, help="tiny model (and GPU): interleaved rounds")
+    parser.add_argument("--real-batch-size", type=int, default=1, help="real-width model: photographs per batch")
+    parser.add_argument("--real-rounds", type=int, default=15)
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS part")
     parser.add_argument("--n-small", type=int, default=2000)
     parser.add_argument("--n-large", type=int, default=20000)
     parser.add_argument("--gpu", action="store_true", help="only the GPU section (it runs anyway when CUDA is there)")

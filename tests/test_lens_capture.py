@@ -48,6 +48,7 @@ def test_side_by_side_directories_name_their_setting(side_by_side):
         assert (cap.mask_type, cap.dataset) == (mask_type, "mini-mmeb")
         assert cap.checkpoint == "<in-memory Qwen2VLForConditionalGeneration>"
         assert len(cap.meta["shards"]) == 3  # 12 + 12 + 6
+        assert cap.meta["attn_implementation"] == "sdpa"  # eos+b rows need no eager attention
     assert "equals bidirectional" in captures["eos_bridged"].meta["b_segment"]  # T2I / grounding positives are images
     with pytest.raises(ValueError, match="causal, eos_bridged"):
         Capture.open(out)
@@ -63,9 +64,11 @@ def test_stored_states_equal_an_independent_forward(side_by_side, tiny_vl, mask_
     model, processor = tiny_vl
     stream = list(samples("mini-mmeb", n=30)[2])
     batch = encode(processor, model, [s.item for s in stream], [s.target for s in stream])
+    assert model.config._attn_implementation == "eager"  # the capture booted a copy; the reference stays eager
     with torch.no_grad():
         expected = eos_states(model, batch, mask_type)
-        hidden = model(**batch.model_inputs(mask_type), output_hidden_states=True).hidden_states
+        out = model(**batch.model_inputs(mask_type), output_hidden_states=True, output_attentions=True)
+    hidden, attentions = out.hidden_states, torch.stack(out.attentions, 1)  # [B, layers, heads, L, L]
     np.testing.assert_allclose(cap.embeddings(), expected.numpy(), atol=1e-5)
     rows = torch.arange(30)
     np.testing.assert_allclose(cap.eos_states(layer=1), hidden[1][rows, batch.eos_index].numpy(), atol=1e-5)
@@ -83,7 +86,8 @@ def test_stored_states_equal_an_independent_forward(side_by_side, tiny_vl, mask_
         assert len(sample["roles"]) == n and sample["input_ids"].tolist() == batch.input_ids[i, :n].tolist()
         assert sample["segments"] == batch.segments(i)[:n]
         assert sample["pattern"].shape == (4, 4, 1 + sample["roles"].count("B"), n)
-        np.testing.assert_allclose(sample["pattern"].sum(-1), 1, atol=1e-5)
+        rows = attentions[i][:, :, sample["query_positions"].tolist(), :n]  # eager's own rows
+        np.testing.assert_allclose(sample["pattern"], rows.numpy(), atol=1e-5, rtol=0)
     total_tokens = int((batch.roles != PAD).sum())
     assert sum(np.load(p / "roles.npy").size for p in sorted(cap.directory.glob("shard-*"))) == total_tokens
 
@@ -132,6 +136,16 @@ def test_resuming_with_other_settings_is_refused(side_by_side, tiny_vl):
     out, _ = side_by_side
     with pytest.raises(ValueError, match="patterns='eos\\+b', not 'eos'"):
         capture(tiny_vl, "mini-mmeb", "causal", out, **dict(SETTINGS, patterns="eos"))
+
+
+def test_full_patterns_run_eager_and_hold_the_eos_row(tiny_vl, tmp_path):
+    full = capture(tiny_vl, "shapes", "causal", tmp_path / "full", n=3, patterns="full")["causal"]
+    eos = capture(tiny_vl, "shapes", "causal", tmp_path / "eos", n=3, patterns="eos")["causal"]
+    assert (full.meta["attn_implementation"], eos.meta["attn_implementation"]) == ("eager", "sdpa")
+    for i in range(3):
+        f, e = full.sample(i), eos.sample(i)
+        assert f["pattern"].shape[2:] == (len(f["roles"]), len(f["roles"]))
+        np.testing.assert_allclose(e["pattern"][:, :, 0], f["pattern"][:, :, f["eos_index"]], atol=1e-5, rtol=0)
 
 
 def test_bridged_without_b_equals_bidirectional_and_says_so(tiny_vl, tmp_path):

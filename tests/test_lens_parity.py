@@ -2,7 +2,8 @@
 
 References come from an untouched `copy.deepcopy` made before booting (eager attention,
 `output_attentions` / `output_hidden_states`), on a batch with images of two grid sizes, a B segment,
-a sample without B, a text-only sample and padding.
+a sample without B, a text-only sample and padding. Pattern rows captured under sdpa (computed from each
+layer's queries and keys) equal the eager bridge's `hook_pattern` rows.
 """
 
 import copy
@@ -41,6 +42,13 @@ def setup(tiny):
     return name, reference, bridge, batch
 
 
+@pytest.fixture(scope="module")
+def fast(tiny):
+    """The same model booted with sdpa, as `capture` runs every `patterns` but "full"."""
+    _, model, processor = tiny
+    return boot(model, processor, attn_implementation="sdpa")
+
+
 def test_batch_exercises_images_b_and_padding(setup):
     _, _, _, batch = setup
     assert batch.image_grid_thw.prod(-1).unique().numel() == 2  # two grid sizes
@@ -76,18 +84,27 @@ def test_patterns_and_eos_states_equal_hugging_face(setup, mask_type):
                                embedding, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
 @pytest.mark.parametrize("patterns", ["eos", "eos+b"])
-def test_pattern_rows_are_rows_of_the_full_pattern(setup, patterns):
+def test_sdpa_pattern_rows_equal_eager_hook_pattern_rows(setup, fast, mask_type, patterns):
     _, _, bridge, batch = setup
-    full = run_batch(bridge, batch, "eos_bridged", patterns="full")
-    rows = run_batch(bridge, batch, "eos_bridged", patterns=patterns)
-    for i, (f, r) in enumerate(zip(full, rows)):
+    full = run_batch(bridge, batch, mask_type, patterns="full")  # eager: hook_pattern itself
+    rows = run_batch(fast, batch, mask_type, patterns=patterns)  # sdpa: rows from each layer's q and k
+    for f, r in zip(full, rows):
         b_rows = [j for j, role in enumerate(f["roles"]) if role == B] if patterns == "eos+b" else []
         expected = [f["eos_index"]] + b_rows
         assert r["query_positions"].tolist() == expected
         assert r["pattern"].shape == (f["pattern"].shape[0], f["pattern"].shape[1], len(expected), len(f["roles"]))
-        assert (r["pattern"] == f["pattern"][:, :, expected, :]).all()
-        assert (r["eos_resid"] == f["eos_resid"]).all()
+        np.testing.assert_allclose(r["pattern"], f["pattern"][:, :, expected, :], atol=TOL, rtol=0)
+        for key in ("eos_resid", "content_mean", "eos_final", "embedding"):
+            np.testing.assert_allclose(r[key], f[key], atol=TOL, rtol=0)
+
+
+def test_the_fast_bridge_runs_sdpa(setup, fast):
+    _, _, _, batch = setup
+    assert fast.original_model.config.text_config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="did not fire.*full attention patterns need attn_implementation='eager'"):
+        run_batch(fast, batch, "causal", patterns="full")  # no [L, L] pattern exists under sdpa
 
 
 def test_none_patterns_store_no_rows(setup):

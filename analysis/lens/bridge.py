@@ -5,6 +5,10 @@ components, and its own `output_attentions` is wrong from layer 1 on (its hidden
 So `boot` deep-copies the model by default and leaves the caller's object untouched. The copy costs
 one more set of weights (+4.4 GB for a 2B model in bf16, +15 GB for 7B); pass `copy=False` to hand
 the model over instead when memory is tight, and use `bridge.original_model` from then on.
+
+TransformerLens forces eager attention when booting, so that `hook_pattern` fires; `boot` then sets the
+attention implementation asked for (a runtime switch): eager for full patterns, sdpa for a forward at the
+cost of a plain one (`analysis.lens.pattern_rows` computes the pattern rows a capture keeps without eager).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from analysis.lens.qwen2_vl_adapter import register
 from analysis.models import MODEL_CLASSES
 
 
-def boot(model: torch.nn.Module, processor, copy: bool = True) -> TransformerBridge:
-    """`TransformerBridge` over `model` (eager attention, weights as they are; nothing downloaded).
+def boot(model: torch.nn.Module, processor, copy: bool = True, attn_implementation: str = "eager") -> TransformerBridge:
+    """`TransformerBridge` over `model` running `attn_implementation` (weights as they are; nothing downloaded).
 
     `processor` is the checkpoint's processor (or its tokenizer). With `copy=True` the bridge wraps a
     deep copy, so `model` stays a plain, correct Hugging Face model.
@@ -44,6 +48,7 @@ def boot(model: torch.nn.Module, processor, copy: bool = True) -> TransformerBri
     with tempfile.TemporaryDirectory(prefix="cocoa-lens-") as offline_name:
         bridge = TransformerBridge.boot_transformers(offline_name, hf_model=model, tokenizer=tokenizer,
                                                      dtype=next(model.parameters()).dtype)
+    model.set_attn_implementation(attn_implementation)
     bridge.processor = processor
     return bridge
 

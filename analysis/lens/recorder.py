@@ -2,17 +2,19 @@
 
 Per sample it keeps the EOS residual stream at every layer (`blocks.0.hook_resid_pre`, then each
 `blocks.{l}.hook_resid_post`; raw, no final norm), the final-norm EOS state (`ln_final.hook_out`: the
-embedding before L2 normalisation), attention pattern rows from `blocks.{l}.attn.hook_pattern`, every
+embedding before L2 normalisation), rows of the attention pattern `blocks.{l}.attn.hook_pattern`, every
 position's token, role and image flag, and the sample's labels and metadata. Results stream to disk in
 shards (see `analysis.lens.store`); the model is loaded and booted once for all mask types.
 
 Pattern rows (`patterns=`): "eos" the EOS query row, "eos+b" the EOS row then every B row, "full" all
-rows, "none" nothing. Stored keys are the sample's own (non-PAD) positions.
+rows, "none" nothing. Stored keys are the sample's own (non-PAD) positions. "full" needs eager attention
+(`hook_pattern` fires only there), so `capture` runs it eager; the others run sdpa and compute their rows
+from each layer's queries and keys (`analysis.lens.pattern_rows`), equal to eager's rows.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -25,6 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from analysis.inputs import Batch, encode
 from analysis.lens.bridge import boot, check_hook_names
+from analysis.lens.pattern_rows import PatternRows
 from analysis.lens.sources import samples
 from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
 from analysis.lens.validate import check_batch
@@ -32,7 +35,7 @@ from analysis.masks import PAD, A, B, check_mask_type
 from analysis.checkpoints import open_checkpoint
 from analysis.digest import weights_digest
 from analysis.embed import pooled
-from analysis.presets import Preset, get_preset, preset_for
+from analysis.presets import Preset, get_preset
 
 
 def check_patterns(patterns: str) -> str:
@@ -46,20 +49,27 @@ def residual_hooks(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
 
 
+def attention_for(patterns: str) -> str:
+    """The attention implementation a capture runs: eager for "full" patterns (only it forms them), else sdpa."""
+    return "eager" if check_patterns(patterns) == "full" else "sdpa"
+
+
 def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0,
-               base: str | Path | None = None, preset: str | Preset | None = None):
+               base: str | Path | None = None, preset: str | Preset | None = None, attn_implementation: str = "eager"):
     """`(model, processor, name, preset, opened)` for a checkpoint (see `analysis.checkpoints`) or `(model, processor)`.
 
     `opened` is the `Opened` record when the model was loaded here (so booting may wrap it in place), else None.
     The preset is `preset` if given, else what the checkpoint declares (see `analysis.presets.preset_for`).
+    `attn_implementation` applies when loading (a given model keeps its own until booted).
     """
     if isinstance(checkpoint, tuple):
         if dtype is not None or device is not None:
             raise ValueError("dtype / device apply when loading a checkpoint; move a given model yourself first")
         model, processor = checkpoint
         return model, processor, f"<in-memory {type(model).__name__}>", get_preset(preset or "plain"), None
-    opened = open_checkpoint(checkpoint, dtype=dtype, device=device, base=base, seed=seed)
-    return opened.model, opened.processor, opened.name, preset_for(opened.declared, opened.recipe, preset), opened
+    opened = open_checkpoint(checkpoint, dtype=dtype, device=device, base=base, seed=seed,
+                             attn_implementation=attn_implementation)
+    return opened.model, opened.processor, opened.name, opened.preset(preset), opened
 
 
 def _query_index(batch: Batch, patterns: str) -> tuple[torch.Tensor, list[int]]:
@@ -83,6 +93,7 @@ class Recorder:
         n_layers = bridge.cfg.n_layers
         self.resid_names = residual_hooks(n_layers)
         self.pattern_names = [] if patterns == "none" else [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
+        self.rows = PatternRows(bridge) if patterns in ("eos", "eos+b") else None  # else hook_pattern itself
         self.state_names = list(dict.fromkeys(self.resid_names + ["ln_final.hook_out"] + self.hooks))
         self.stored: dict[str, torch.Tensor] = {}
         self._rows = self._eos = self._query_index = self._shape = None
@@ -99,16 +110,17 @@ class Recorder:
                 self.stored[f"content:{name}"] = (tensor * self._content[..., None]).sum(1) / self._content.sum(1, True)
         return hook
 
-    def _pattern_rows(self, name: str):
+    def _full_pattern(self, name: str):
         def hook(tensor: torch.Tensor, hook) -> None:  # [batch, heads, q, k]
-            self.stored[name] = tensor if self.patterns == "full" else tensor[self._rows[:, None], :, self._query_index]
+            self.stored[name] = tensor
         return hook
 
     @contextmanager
     def installed(self):
-        fwd_hooks = [(n, self._at_eos(n)) for n in self.state_names] + [(n, self._pattern_rows(n))
-                                                                        for n in self.pattern_names]
-        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+        fwd_hooks = [(n, self._at_eos(n)) for n in self.state_names]
+        if self.rows is None:
+            fwd_hooks += [(n, self._full_pattern(n)) for n in self.pattern_names]
+        with self.bridge.hooks(fwd_hooks=fwd_hooks), (self.rows.installed() if self.rows else nullcontext()):
             yield self
 
     @torch.no_grad()
@@ -128,12 +140,16 @@ class Recorder:
         self._content = (batch.roles == A).to(param.dtype)
         self._query_index, n_queries = _query_index(batch, self.patterns)
         self.stored = {}
+        if self.rows:
+            self.rows.index, self.rows.rows = self._query_index, {}
         inputs = batch.model_inputs(mask_type, param.dtype)
         self.bridge(inputs.pop("input_ids"), return_type=None, logits_to_keep=1, **inputs)
+        if self.rows:
+            self.stored.update({self.pattern_names[layer]: r for layer, r in self.rows.rows.items()})
         missing = [n for n in self.state_names + self.pattern_names if n not in self.stored]
         if missing:
-            raise RuntimeError(f"hooks {missing} did not fire: install them with Recorder.installed(); attention "
-                               f"patterns need attn_implementation='eager'")
+            raise RuntimeError(f"hooks {missing} did not fire: install them with Recorder.installed(); full "
+                               f"attention patterns need attn_implementation='eager'")
         return self._split(batch, (~pad).sum(1).tolist(), n_queries)
 
     def _split(self, batch: Batch, lengths: list[int], n_queries: list[int]) -> list[dict]:
@@ -145,7 +161,7 @@ class Recorder:
         final = self.stored["ln_final.hook_out"].float().cpu().numpy()
         embedding = self.stored["embedding"].float().cpu().numpy()
         extra = {h: self.stored[h].float().cpu().numpy() for h in self.hooks}
-        pattern = numpy(self.pattern_names) if self.pattern_names else None  # [B, layers, (heads, L | Q, heads), L]
+        pattern = numpy(self.pattern_names) if self.pattern_names else None  # [B, layers, heads, L | Q, L]
         tokens = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "roles", "is_image")}
         tokens["segments"] = batch.segment_ids.cpu().numpy()
         queries, eos_index = self._query_index.cpu().numpy(), batch.eos_index.tolist()
@@ -155,12 +171,10 @@ class Recorder:
                           eos_index=eos_index[i],
                           hooks={h: a[i] for h, a in extra.items()}, pattern=None, query_positions=None,
                           **{k: v[i, :n] for k, v in tokens.items()})
-            if self.patterns == "full":
-                sample.update(pattern=np.ascontiguousarray(pattern[i, :, :, :n, :n]), query_positions=np.arange(n))
-            elif pattern is not None:
-                q = n_queries[i]
-                sample.update(pattern=np.ascontiguousarray(pattern[i, :, :q, :, :n].transpose(0, 2, 1, 3)),
-                              query_positions=queries[i, :q])
+            if pattern is not None:
+                q = n if self.patterns == "full" else n_queries[i]
+                positions = np.arange(n) if self.patterns == "full" else queries[i, :q]
+                sample.update(pattern=np.ascontiguousarray(pattern[i, :, :, :q, :n]), query_positions=positions)
             out.append(sample)
         return out
 
@@ -199,22 +213,24 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     hooks: extra hook names stored at the EOS position. Rerunning with the same settings resumes; a
         checkpoint whose weights changed since refuses to resume.
     """
-    check_patterns(patterns)
+    attention = attention_for(patterns)
     name, total, stream = samples(dataset, n, seed, with_target)
-    model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype, device, seed, base, preset)
+    model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype, device, seed, base, preset,
+                                                                   attention)
     masks = mask_types.split(",") if isinstance(mask_types, str) else list(mask_types or [preset.attention])
     masks = list(dict.fromkeys(m.strip() for m in masks if m.strip()))
     if not masks:
         raise ValueError("no mask type given; valid mask types: causal, bidirectional, eos_bridged, eos_bridged_strict")
     for mask_type in masks:
         check_mask_type(mask_type)
-    bridge = boot(model, processor, copy=copy and opened is None)
+    bridge = boot(model, processor, copy=copy and opened is None, attn_implementation=attention)
     model = bridge.original_model
     hooks = check_hook_names(bridge, hooks)
     cfg = bridge.cfg
     meta = dict(format=FORMAT, checkpoint=checkpoint_name, checkpoint_digest=_digest(checkpoint, opened),
                 backbone=model.config.model_type, preset=preset.name, preset_record=asdict(preset), side=side,
                 dataset=name, seed=seed, n=total, with_target=with_target, patterns=patterns, hooks=list(hooks),
+                attn_implementation=attention,
                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."), n_layers=cfg.n_layers,
                 n_heads=cfg.n_heads, d_model=cfg.d_model, eos_resid_hooks=residual_hooks(cfg.n_layers),
                 eos_final_hook="ln_final.hook_out",
