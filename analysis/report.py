@@ -1,7 +1,10 @@
 """The study's report: ablation table (mean ± sd over seeds), probe table, key figures, notebook links, failures.
 
-`collect_scores`, `ablation_table`, `collect_probes` and `probe_table` are shared with
-`notebooks/ablation_summary.ipynb`.
+Scores cannot lie: beside MMEB's P@1 (ties go to the positive, so a collapsed embedder scores 1.0) the
+table shows the tie-robust P@1 (ties split evenly) and the number of tied queries, and flags runs whose
+embeddings are degenerate. An sd needs two seeds: with one, tables show the mean alone and JSON holds
+null (`mean_sd`). `collect_scores`, `ablation_table`, `markdown_table`, `grid_values`, `degenerate_notes`,
+`collect_probes` and `probe_table` are shared with `notebooks/ablation_summary.ipynb`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from analysis.io import atomic_write_text, read_json, write_json
-from analysis.metrics.retrieval import mmeb_scores
+from analysis.metrics.retrieval import DEGENERATE_SPREAD, is_degenerate, mmeb_scores
 
 if TYPE_CHECKING:
     from analysis.study import Study
 
 STUDY_FILE = "study.json"
-COLUMNS = (("overall", "overall"), ("IND", "split.ind"), ("OOD", "split.ood"),
+COLUMNS = (("overall", "overall"), ("overall, ties split", "overall_tie_robust"), ("tied queries", "ties"),
+           ("IND", "split.ind"), ("IND, ties split", "split_tie_robust.ind"), ("OOD", "split.ood"),
            ("cls", "meta_task.classification"), ("vqa", "meta_task.vqa"), ("ret", "meta_task.retrieval"),
            ("grd", "meta_task.grounding"), ("IND hard", "ind.negatives.hard"), ("IND random", "ind.negatives.random"))
 # (notebook, figure stem, per run): per-run figures are shown for the compared cells under each cell's own mask
@@ -38,8 +42,8 @@ def summarise(records: list[dict]) -> dict[str, float]:
         for key, value in mmeb_scores(recs).items():
             if isinstance(value, dict):
                 flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
-            elif key == "overall":
-                flat[f"{prefix}overall"] = value
+            elif key != "n_datasets":
+                flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -55,14 +59,17 @@ def _runs(study_dir: Path) -> Iterator[tuple[dict, int, str]]:
 
 
 def collect_scores(study_dir: str | Path) -> list[dict]:
-    """One row per trained checkpoint of a study: cell, mask type, λ, seed and its score summary."""
+    """One row per trained and scored checkpoint of a study: cell, mask type, λ, seed, its score summary, its
+    `embedding_spread` (NaN when not recorded) and whether that spread says `degenerate`."""
     study_dir = Path(study_dir)
     rows = []
     for cell, seed, name in _runs(study_dir):
         scores = read_json(study_dir / "checkpoints" / name / "scores.json")
-        if scores is not None:
+        if scores is not None and "datasets" in scores:
+            spread = scores.get("embedding_spread", math.nan)
             rows.append(dict(cell=cell["name"], mask_type=cell["mask_type"], recon_weight=cell["recon_weight"],
-                             note=cell.get("note", ""), seed=seed, **summarise(scores["datasets"])))
+                             note=cell.get("note", ""), seed=seed, embedding_spread=spread,
+                             degenerate=is_degenerate(spread), **summarise(scores["datasets"])))
     return rows
 
 
@@ -93,20 +100,23 @@ def probe_table(rows: list[dict]) -> str:
     lines = ["| cell | mask type | λ | attribute | seeds | EOS probe | EOS selectivity | mean-pooled A | chance |",
              "|" + "---|" * 9]
     for (cell, attribute), group in groups.items():
-        stats = [_fmt(_mean_sd([g[k] for g in group])) for k in ("eos", "selectivity", "content", "chance")]
+        stats = [_fmt(mean_sd([g[k] for g in group])) for k in ("eos", "selectivity", "content", "chance")]
         lines.append(f"| {cell} | {group[0]['mask_type']} | {group[0]['recon_weight']:g} | {attribute} | "
                      f"{len(group)} | " + " | ".join(stats) + " |")
     return "\n".join(lines)
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample sd (ddof 1) of the finite values; None where undefined (no values; one value's sd)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
 def ablation_table(rows: list[dict]) -> list[dict]:
-    """Rows grouped by cell: `{cell, mask_type, recon_weight, n_seeds, <key>: (mean, sd)}`."""
+    """Rows grouped by cell: `{cell, mask_type, recon_weight, note, n_seeds, degenerate_seeds, <key>: (mean, sd)}`
+    (see `mean_sd`)."""
     cells: dict[str, list[dict]] = {}
     for r in rows:
         cells.setdefault(r["cell"], []).append(r)
@@ -114,27 +124,47 @@ def ablation_table(rows: list[dict]) -> list[dict]:
     for name, group in cells.items():
         entry = {k: group[0][k] for k in ("cell", "mask_type", "recon_weight", "note")}
         entry["n_seeds"] = len(group)
+        entry["degenerate_seeds"] = [g["seed"] for g in group if g.get("degenerate")]
         for _, key in COLUMNS:
-            entry[key] = _mean_sd([g[key] for g in group if key in g])
+            entry[key] = mean_sd([g[key] for g in group if key in g])
         out.append(entry)
     return out
 
 
-def _fmt(mean_sd: tuple[float, float]) -> str:
-    mean, sd = mean_sd
-    if math.isnan(mean):
+def _fmt(stat: tuple[float | None, float | None], spec: str = ".3f") -> str:
+    mean, sd = stat
+    if mean is None or math.isnan(mean):
         return "—"
-    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+    return f"{mean:{spec}}" if sd is None else f"{mean:{spec}} ± {sd:{spec}}"
 
 
 def markdown_table(table: list[dict]) -> str:
+    """The ablation table in markdown; a cell with degenerate seeds is marked ⚠ (see `degenerate_notes`)."""
     head = "| cell | mask type | λ | seeds | " + " | ".join(c for c, _ in COLUMNS) + " |"
     rule = "|" + "---|" * (4 + len(COLUMNS))
     lines = [head, rule]
     for e in table:
-        cells = [e["cell"], e["mask_type"], f"{e['recon_weight']:g}", str(e["n_seeds"])]
-        lines.append("| " + " | ".join(cells + [_fmt(e[key]) for _, key in COLUMNS]) + " |")
+        name = e["cell"] + (" ⚠" if e["degenerate_seeds"] else "")
+        cells = [name, e["mask_type"], f"{e['recon_weight']:g}", str(e["n_seeds"])]
+        lines.append("| " + " | ".join(cells + [_fmt(e[key], ".1f" if key == "ties" else ".3f")
+                                                for _, key in COLUMNS]) + " |")
     return "\n".join(lines)
+
+
+def grid_values(table: list[dict], key: str) -> dict[tuple[str, float], tuple]:
+    """`{(mask type, λ): (mean, sd)}` of column `key` for a heatmap, ties split where the scores have it
+    (`split.ind` -> `split_tie_robust.ind`; checkpoints scored before that was recorded keep MMEB's rule)."""
+    group, _, value = key.rpartition(".")
+    robust = f"{group}_tie_robust.{value}"
+    return {(e["mask_type"], e["recon_weight"]): e[robust] if e.get(robust, (None,))[0] is not None else e[key]
+            for e in table}
+
+
+def degenerate_notes(table: list[dict]) -> list[str]:
+    """One markdown line per cell with degenerate seeds."""
+    return [f"- ⚠ `{e['cell']}` seed(s) {', '.join(map(str, e['degenerate_seeds']))}: degenerate embeddings (spread "
+            f"below {DEGENERATE_SPREAD:g}): every input embeds to nearly the same vector, so its MMEB-rule P@1 "
+            f"counts ties as hits; read the `ties split` columns" for e in table if e["degenerate_seeds"]]
 
 
 def _link(path: Path, start: Path) -> str:
@@ -150,21 +180,26 @@ def write_report(study: "Study", seconds: float) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     table = ablation_table(collect_scores(root))
     steps = ", ".join(f"{step} {t['seconds'] / 60:.1f} min ({t['jobs']} jobs)" for step, t in study.step_times.items())
+    count = {s: sum(o.status == s for o in study.outcomes) for s in ("done", "skipped", "failed", "cancelled")}
     lines = [f"# cocoa-lens study `{config.name}`", "",
              f"Checkpoints in `{root}`; this run took {seconds / 60:.1f} min "
-             f"({sum(o.status == 'done' for o in study.outcomes)} jobs run, "
-             f"{sum(o.status == 'skipped' for o in study.outcomes)} already done, "
-             f"{sum(o.status == 'failed' for o in study.outcomes)} failed)."
-             + (f" Wall time of each step when it last had work: {steps}." if steps else ""), "",
+             f"({count['done']} jobs run, {count['skipped']} already done, {count['failed']} failed"
+             + (f", {count['cancelled']} not started after the failure" if count["cancelled"] else "") + ")."
+             + (f" Wall time of each step when it last had work: {steps}." if steps else "")
+             + (" **The run stopped after the first failure** (`--keep-going` runs everything else)."
+                if study.stopped else ""), "",
              "## Ablation: mini-MMEB Precision@1 (mean ± sd over seeds)", "",
-             "Each cell trains the same total number of steps. `IND hard` / `IND random`: in-distribution datasets "
-             "whose negatives differ from the positive in one attribute / are random.", "",
+             "Each cell trains the same total number of steps; mask type and λ are read from each cell's recipe. "
+             "MMEB's rule gives ties to the positive; `ties split` shares a tied query's hit among the tied "
+             "candidates, and `tied queries` counts them (summed over datasets). With one seed a value has no "
+             "sd. `IND hard` / `IND random`: in-distribution datasets whose negatives differ from the positive in "
+             "one attribute / are random.", "",
              markdown_table(table), ""]
-    notes = [f"- `{e['cell']}`: {e['note']}" for e in table if e["note"]]
+    notes = degenerate_notes(table) + [f"- `{e['cell']}`: {e['note']}" for e in table if e["note"]]
     lines += notes + ([""] if notes else [])
     if table:
-        heat = {(e["mask_type"], e["recon_weight"]): e["split.ind"] for e in table}
-        plots.ablation_heatmap(heat, value_name="IND P@1", title="mini-MMEB IND P@1: mask type × λ",
+        plots.ablation_heatmap(grid_values(table, "split.ind"), value_name="IND P@1 (ties split)",
+                               title="mini-MMEB IND P@1, ties split: mask type × λ",
                                save=report_dir / "ablation_heatmap")
         lines += ["![ablation heatmap](ablation_heatmap.png)", ""]
     probes = collect_probes(root)
@@ -188,15 +223,24 @@ def write_report(study: "Study", seconds: float) -> Path:
 
 def _key_figures(study: "Study", report_dir: Path) -> list[str]:
     """Copy the key figures into `report_dir`; returns their markdown lines. Per-run figures come from the
-    lowest captured seed of each compared cell (or of the first cell), under that cell's own mask type."""
+    lowest captured seed of each compared cell (or of the first cell), under that cell's own mask type, or
+    the mask it ran as where a notebook folds equal conditions (its metrics' `same_as`: a bridged mask over
+    inputs without B is bidirectional)."""
     runs = study.first_captured(study.config.compare or [study.config.cells[0].name])
     lines = []
     for notebook, stem, per_run in KEY_FIGURES:
-        sources = ([(r.name, f"{stem}_{r.cell.mask_type}") for r in runs] if per_run else [("summary", stem)])
-        for folder, prefix in sources:
+        sources = [("summary", stem, "")]
+        if per_run:
+            sources = []
+            for r in runs:
+                metrics = read_json(study.root / "notebooks" / r.name / notebook / "metrics.json") or {}
+                ran = metrics.get("same_as", {}).get(r.cell.mask_type, r.cell.mask_type)
+                sources.append((r.name, f"{stem}_{ran}", "" if ran == r.cell.mask_type else
+                                f" ({r.cell.mask_type} ran as {ran}: no B segment)"))
+        for folder, prefix, note in sources:
             found = sorted((study.root / "notebooks" / folder / notebook).glob(f"{prefix}*.png"))
             if found:
                 target = report_dir / f"{folder}_{found[0].name}"
                 shutil.copyfile(found[0], target)
-                lines.append(f"![{notebook}: {folder}]({target.name})")
+                lines.append(f"![{notebook}: {folder}{note}]({target.name})")
     return lines

@@ -1,15 +1,25 @@
 """The study: a grid of recipes -> train -> capture -> notebooks -> figures -> report.
 
-A study config (YAML) lists cells of the ablation grid (a recipe file plus overrides, placed at a
-mask type and a recon weight λ), the seeds, what to capture and which notebooks to run. Every step is
-idempotent: a second run trains, captures and executes nothing that already finished; a failing step is
-reported and the rest goes on.
+A study config (YAML) lists cells of the ablation grid (a recipe file plus overrides; the cell's mask
+type and recon weight λ are read from that recipe), the seeds, what to capture and which notebooks to
+run. The whole config is checked before anything runs: each cell's recipe loads, a cell that states a
+mask type or λ agrees with its recipe, cell names are safe folder names, notebook parameters are
+identifiers the notebook declares with plain JSON values.
+
+Every step is idempotent: a second run trains, captures and executes nothing that already finished.
+A failing job is reported and the study stops starting new ones (the running ones finish), writes the
+report and exits 1; with `--keep-going` it runs everything it can and still exits 1 at the end.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
+import math
 import os
+import re
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -18,12 +28,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
 from tqdm.auto import tqdm
 
-from analysis.io import read_json, write_json
+from analysis.digest import weights_digest
+from analysis.errors import UsageError
+from analysis.io import read_json, read_yaml, write_json
 from analysis.masks import MASK_TYPES, check_mask_type
 from analysis.report import STUDY_FILE, write_report
+from analysis.train.recipe import build_strict, load_recipe
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 PER_RUN_NOTEBOOKS = ("attention_flow", "eos_probing", "embedding_umap")
@@ -31,16 +43,21 @@ SUMMARY_NOTEBOOKS = ("ablation_summary", "compare_checkpoints")
 STEPS = ("train", "capture", "notebooks", "summaries")
 TIMINGS_FILE = "timings.json"  # in the study folder: the last measured wall time of each step
 STAMP_FILE = "stamp.json"  # in a capture or notebook folder: the settings (and inputs) it was made with
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a cell name is a folder name: no "/", "..", spaces
 
 
 @dataclass
 class Cell:
-    """One cell of the ablation grid: a recipe (plus overrides) at (mask type, λ)."""
+    """One cell of the ablation grid: a recipe plus overrides (`set`, after the study's `recipe_set`).
+
+    Its mask type and λ are the recipe's (`Recipe.grid_point`), filled in when the config loads; a cell
+    may state them as a check, and a disagreement is an error before anything runs.
+    """
 
     name: str
     recipe: str
-    mask_type: str
-    recon_weight: float
+    mask_type: str | None = None
+    recon_weight: float | None = None
     set: list[str] = field(default_factory=list)
     note: str = ""
 
@@ -82,39 +99,104 @@ class StudyConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "StudyConfig":
+        """Read and check a study config (YAML); every problem is one `UsageError` naming the file."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no study config at {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
-        cells = [Cell(**c) for c in data.pop("cells", [])]
-        capture = CaptureSpec(**data.pop("capture", {}))
-        config = cls(cells=cells, capture=capture, **data)
-        config.validate(path)
+            raise UsageError(f"no study config at {path} (see experiments/default.yaml)")
+        data = read_yaml(path)
+        try:
+            config = build_strict(cls, {} if data is None else data, "the study config", top=True)
+            config.validate()
+        except ValueError as err:
+            raise UsageError(f"{path}: {err}") from None
         return config
 
-    def validate(self, source: Path | str = "config") -> None:
+    def validate(self) -> None:
+        """Check everything that can be checked before anything runs; fill in each cell's mask type and λ."""
         if not self.cells:
-            raise ValueError(f"{source}: no cells; list at least one under `cells:`")
+            raise UsageError("no cells; list at least one under `cells:`")
         names = [c.name for c in self.cells]
+        for name in names:
+            if not SAFE_NAME.fullmatch(name):
+                raise UsageError(f"cell name {name!r} is not a plain folder name (letters, digits, '.', '_', '-'; "
+                                 f"not starting with '.' or '-'); rename the cell")
         if len(set(names)) != len(names):
-            raise ValueError(f"{source}: cell names repeat: {names}")
-        for c in self.cells:
-            check_mask_type(c.mask_type)
-            if not Path(c.recipe).is_file():
-                raise FileNotFoundError(f"{source}: cell {c.name!r} names recipe {c.recipe}, which does not exist")
+            raise UsageError(f"cell names repeat: {names}")
+        for cell in self.cells:
+            _place(cell, self.recipe_set)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"seeds must be distinct and at least one; got {self.seeds}")
+        if self.workers < 1 or self.capture.n < 1 or self.capture.flow_n < 1:
+            raise UsageError(f"workers, capture.n and capture.flow_n must be >= 1; got {self.workers}, "
+                             f"{self.capture.n}, {self.capture.flow_n}")
         for m in self.capture.masks:
             check_mask_type(m)
         valid = PER_RUN_NOTEBOOKS + SUMMARY_NOTEBOOKS
         bad = [n for n in [*self.notebooks, *self.notebook_params] if n not in valid]
         if bad:
-            raise ValueError(f"{source}: unknown notebook(s) {bad}; valid: {', '.join(valid)}")
+            raise UsageError(f"unknown notebook(s) {bad}; valid: {', '.join(valid)}")
+        for notebook, params in self.notebook_params.items():
+            _check_params(notebook, params)
         bad = [n for n in self.compare if n not in names]
         if bad or len(self.compare) not in (0, 2):
-            raise ValueError(f"{source}: compare must name two cells from {names}; got {self.compare}")
+            raise UsageError(f"compare must name two cells from {names}; got {self.compare}")
+
+
+def _place(cell: Cell, recipe_set: list[str]) -> None:
+    """Load the cell's recipe with its overrides; set the cell's mask type and λ from it (or check them)."""
+    where = f"cell {cell.name!r}"
+    if not Path(cell.recipe).is_file():
+        raise UsageError(f"{where} names recipe {cell.recipe}, which does not exist (paths are relative to "
+                         f"{Path.cwd()})")
+    try:
+        recipe = load_recipe(cell.recipe, [*recipe_set, *cell.set])
+        recipe.require_stages()
+    except ValueError as err:
+        raise UsageError(f"{where}: {err}") from None
+    mask_type, recon_weight = recipe.grid_point()
+    if cell.mask_type is not None:
+        check_mask_type(cell.mask_type)
+    stated = (cell.mask_type or mask_type, recon_weight if cell.recon_weight is None else cell.recon_weight)
+    if stated[0] != mask_type or not math.isclose(stated[1], recon_weight, abs_tol=1e-9):
+        raise UsageError(f"{where} states mask_type {stated[0]}, recon_weight {stated[1]:g}, but its recipe "
+                         f"{cell.recipe} (with the overrides) trains mask_type {mask_type}, recon_weight "
+                         f"{recon_weight:g}; drop mask_type / recon_weight from the cell (they are read from the "
+                         f"recipe) or change its recipe or `set`")
+    cell.mask_type, cell.recon_weight = mask_type, recon_weight
+
+
+def notebook_parameters(notebook: str) -> list[str]:
+    """The names the notebook's `parameters` cell assigns."""
+    book = json.loads((NOTEBOOK_DIR / f"{notebook}.ipynb").read_text())
+    cell = next(c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    targets = [t for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def _check_params(notebook: str, params: dict[str, Any]) -> None:
+    """Parameters are written into a notebook's code: names must be identifiers it declares, values plain JSON."""
+    declared = notebook_parameters(notebook)
+    for key, value in params.items():
+        if key not in declared:
+            raise UsageError(f"notebook_params.{notebook}: {key!r} is not a parameter of {notebook} "
+                             f"(its parameters: {', '.join(declared)})")
+        if not _plain_json(value):
+            raise UsageError(f"notebook_params.{notebook}.{key}: {value!r} is not a plain value (give a number, "
+                             f"string, true/false, null, or a list / mapping of those)")
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
 
 
 @dataclass
@@ -148,7 +230,7 @@ class Outcome:
 
     step: str
     target: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed | cancelled (not started: an earlier job failed, no --keep-going)
     seconds: float = 0.0
     error: str = ""
 
@@ -208,13 +290,18 @@ def _capture_complete(out: Path, spec: dict) -> bool:
 # -- the study ------------------------------------------------------------------------------------
 
 class Study:
-    """Runs a `StudyConfig`; `run()` returns the outcomes and writes the report."""
+    """Runs a `StudyConfig`; `run()` returns the outcomes and writes the report.
 
-    def __init__(self, config: StudyConfig, progress: bool = True):
+    After a failed job no new job starts (`stopped`), unless `keep_going`.
+    """
+
+    def __init__(self, config: StudyConfig, progress: bool = True, keep_going: bool = False):
         self.config = config
         self.root = Path(config.out_dir).resolve()  # notebooks get absolute paths
         self.report_dir = Path(config.report_dir).resolve()
         self.progress = progress
+        self.keep_going = keep_going
+        self.stopped = False
         self.runs = [Run(c, s, self.root) for c in config.cells for s in config.seeds]
         self.outcomes: list[Outcome] = []
         self.step_times: dict[str, dict] = {}  # step -> {seconds, jobs} for the steps that had work to do
@@ -236,6 +323,8 @@ class Study:
 
     # each step: a list of (target, is_done, job) run in parallel, outcomes recorded
     def _parallel(self, step: str, jobs: list[tuple[str, bool, Callable, tuple]], processes: bool) -> None:
+        if self.stopped:
+            return
         todo = []
         for target, done, fn, args in jobs:
             if done:
@@ -251,13 +340,21 @@ class Study:
             started = {pool.submit(fn, *args): (target, time.perf_counter()) for target, fn, args in todo}
             for future in as_completed(started):
                 target, t0 = started[future]
+                if future.cancelled():
+                    self.outcomes.append(Outcome(step, target, "cancelled"))
+                    continue
                 try:
                     future.result()
                     self.outcomes.append(Outcome(step, target, "done", time.perf_counter() - t0))
-                except Exception as exc:  # noqa: BLE001 - report and go on
+                except Exception as exc:  # noqa: BLE001 - report it; stop starting jobs unless keep_going
                     detail = getattr(exc, "ename", type(exc).__name__) + ": " + str(getattr(exc, "evalue", exc))
-                    self.outcomes.append(Outcome(step, target, "failed", time.perf_counter() - t0, detail.strip()))
-                    tqdm.write(f"{step} {target} FAILED: {detail.strip()}")
+                    detail = " ".join(detail.split())
+                    self.outcomes.append(Outcome(step, target, "failed", time.perf_counter() - t0, detail))
+                    tqdm.write(f"{step} {target} FAILED: {detail}")
+                    if not self.keep_going and not self.stopped:
+                        self.stopped = True
+                        for other in started:
+                            other.cancel()
                 bar.update()
         self.step_times[step] = {"seconds": time.perf_counter() - t_step, "jobs": len(todo)}
 
@@ -285,20 +382,26 @@ class Study:
             first.setdefault(run.cell.name, run)
         return [first[name] for name in names if name in first]
 
+    def capture_spec(self, run: Run) -> dict:
+        """What fixes a run's capture: the capture settings and its checkpoint's weights (retrained: redone)."""
+        return dict(self.config.capture.settings(), checkpoint_digest=weights_digest(run.checkpoint))
+
     def capture(self) -> None:
-        spec = self.config.capture.settings()
-        jobs = [(run.name, _capture_complete(run.captures, spec), _capture_job,
-                 (str(run.checkpoint), str(run.captures), spec)) for run in self.captured_runs()]
+        jobs = []
+        for run in self.captured_runs():
+            spec = self.capture_spec(run)
+            jobs.append((run.name, _capture_complete(run.captures, spec), _capture_job,
+                         (str(run.checkpoint), str(run.captures), spec)))
         self._parallel("capture", jobs, processes=True)
 
     # -- notebooks ---------------------------------------------------------------------------------
     def notebook_jobs(self) -> list[tuple[str, Path, dict]]:
         """(notebook, executed copy, parameters) for everything the config asks for."""
         jobs = []
-        masks, settings = self.config.capture.masks, self.config.capture.settings()
+        masks = self.config.capture.masks
         captured = self.captured_runs()
         for run in captured:
-            if not _capture_complete(run.captures, settings):
+            if not _capture_complete(run.captures, self.capture_spec(run)):
                 continue
             for nb in PER_RUN_NOTEBOOKS:
                 if nb in self.config.notebooks:
@@ -338,12 +441,18 @@ class Study:
 
     def notebook_stamp(self, notebook: str, params: dict) -> dict:
         """What an executed notebook's result depends on; it is redone when this changes: its parameters,
-        the notebook's source (an edited notebook reruns) and, for the ablation summary, the trained runs and
-        probing results it reads (a resumed study that finishes more of them redoes it)."""
+        the notebook's source (an edited notebook reruns), for a per-run notebook the capture it reads (a
+        retrained checkpoint is captured afresh) and, for the ablation summary, the trained runs and probing
+        results it reads (a resumed study that finishes more of them redoes it)."""
         source = hashlib.sha256((NOTEBOOK_DIR / f"{notebook}.ipynb").read_bytes()).hexdigest()[:16]
-        inputs = [] if notebook != "ablation_summary" else [r.name for r in self.trained()] + [
-            f"{r.name}/eos_probing" for r in self.captured_runs()
-            if (self.root / "notebooks" / r.name / "eos_probing" / "metrics.json").is_file()]
+        if notebook in PER_RUN_NOTEBOOKS:
+            inputs = [(read_json(Path(params["capture_dir"]).parent / STAMP_FILE) or {}).get("checkpoint_digest")]
+        elif notebook == "ablation_summary":
+            inputs = [r.name for r in self.trained()] + [
+                f"{r.name}/eos_probing" for r in self.captured_runs()
+                if (self.root / "notebooks" / r.name / "eos_probing" / "metrics.json").is_file()]
+        else:
+            inputs = []
         return {"params": params, "source": source, "inputs": inputs}
 
 
@@ -368,18 +477,26 @@ def _execute_notebook(name: str, out: Path, params: dict, stamp: dict) -> None:
 
 def _study_command(args) -> int:
     config = StudyConfig.load(args.config)
-    outcomes = Study(config).run()
+    study = Study(config, keep_going=args.keep_going)
+    outcomes = study.run()
     failed = [o for o in outcomes if o.status == "failed"]
-    summary = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    summary = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled")}
     print(f"study finished: {summary}; report in {config.report_dir}/report.md")
     for o in failed:
-        print(f"  FAILED {o.step} {o.target}: {o.error}")
-    return 1 if failed and args.strict else 0
+        print(f"cocoa-lens study: FAILED {o.step} {o.target}: {o.error}", file=sys.stderr)
+    if study.stopped:
+        print("cocoa-lens study: stopped after the first failure; fix it and rerun (finished work is kept), or "
+              "rerun with --keep-going to run everything that does not depend on it", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("study", help="train the grid, capture, run the notebooks and write the report")
+    p = subparsers.add_parser("study", help="train the grid, capture, run the notebooks and write the report",
+                              description="Train the grid, capture, run the notebooks and write the report. "
+                                          "Resumes: finished work is kept. Exits 1 when any job failed.")
     p.add_argument("--config", default="experiments/default.yaml")
-    p.add_argument("--strict", action="store_true", help="exit non-zero when any step failed")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a failed job, go on with every other job (still exits 1 at the end); by default "
+                        "no new job starts after a failure, the running ones finish and the report is written")
     p.set_defaults(func=_study_command)
 

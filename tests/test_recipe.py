@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from analysis.errors import UsageError
 from analysis.train.recipe import Recipe, apply_overrides, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "experiments" / "recipes").glob("*.yaml"))
@@ -64,6 +65,11 @@ def test_unknown_keys_list_the_valid_ones():
     ({"backbone": {"name": "/some/dir", "hidden_size": 64}}, "apply to the tiny backbones"),
     ({"device": "tpu"}, "valid: auto, cpu, cuda"),
     ({"temperature": 0}, "temperature must be > 0"),
+    ({"stages": {"contrastive": {"steps": float("inf")}}}, "stages.contrastive.steps must be an integer; got inf"),
+    ({"stages": {"contrastive": {"steps": float("nan")}}}, "stages.contrastive.steps must be an integer; got nan"),
+    ({"stages": {"bridged": {"lr": float("inf")}}}, "stages.bridged.lr must be a finite number"),
+    ({"recon_weight": "one"}, "recon_weight must be a number; got 'one'"),
+    ({"stages": {"bridged": {"save_every": -1}}}, "save_every must be >= 0"),
 ])
 def test_bad_values_are_explained(data, match):
     with pytest.raises(ValueError, match=match):
@@ -93,3 +99,46 @@ def test_load_recipe_names_the_file(tmp_path):
     bad.write_text("stages:\n  contrastive:\n    stepz: 1\n")
     with pytest.raises(ValueError, match="bad.yaml: unknown key"):
         load_recipe(bad)
+
+
+def test_yaml_syntax_errors_and_unparsable_overrides_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  contrastive: {steps: 3\n")
+    with pytest.raises(UsageError, match=r"bad.yaml is not valid YAML: .* at line \d+, column \d+"):
+        load_recipe(bad)
+    bad.write_text("stages:\n  contrastive:\n    steps: .inf\n")
+    with pytest.raises(UsageError, match="bad.yaml: stages.contrastive.steps must be an integer; got inf"):
+        load_recipe(bad)
+    with pytest.raises(UsageError, match=r"unknown key 'k' in recipe \(override 'k=\[1'\)"):
+        apply_overrides(Recipe(), ["k=[1"])
+    with pytest.raises(UsageError, match=r"override 'data.tasks=\[Digits': the value is not valid YAML"):
+        apply_overrides(Recipe(), ["data.tasks=[Digits"])
+    with pytest.raises(UsageError, match=r"no recipe at .*nowhere.yaml"):
+        load_recipe(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize("overrides, point", [
+    (["stages.contrastive.steps=10"], ("bidirectional", 0.0)),
+    (["stages.contrastive.steps=10", "embed_mask=causal"], ("causal", 0.0)),
+    (["stages.bridged.steps=10"], ("eos_bridged", 1.0)),
+    (["stages.bridged.steps=10", "stages.bridged.mask=eos_bridged_strict", "recon_weight=0.5"],
+     ("eos_bridged_strict", 0.5)),
+    (["stages.bridged.steps=10", "recon_weight=0"], ("bidirectional", 0.0)),  # the stage-2 mask is never used
+    (["stages.bridged.steps=0", "stages.contrastive.steps=10"], ("bidirectional", 0.0)),
+])
+def test_grid_point_is_read_from_the_recipe(overrides, point):
+    assert apply_overrides(Recipe(), overrides).grid_point() == point
+
+
+def test_shipped_recipes_sit_where_their_names_say():
+    points = {p.stem: load_recipe(p).grid_point() for p in RECIPES}
+    assert points["cocoa_bridged"] == ("eos_bridged", 1.0) and points["cocoa_mixed"] == ("eos_bridged", 0.5)
+    assert points["cocoa_bridged_strict"] == ("eos_bridged_strict", 1.0)
+    assert points["contrastive_causal"] == ("causal", 0.0)
+    assert points["contrastive_bidirectional"] == ("bidirectional", 0.0)
+
+
+def test_a_recipe_needs_a_stage_to_train():
+    with pytest.raises(UsageError, match="has no stage with steps > 0"):
+        Recipe().require_stages()
+    apply_overrides(Recipe(), ["stages.contrastive.steps=1"]).require_stages()

@@ -1,11 +1,22 @@
 """Report tables from hand-made study folders: the numbers are checked against the statistics module."""
 
+import json
 import statistics
 
 import pytest
 
 from analysis.io import write_json
-from analysis.report import STUDY_FILE, ablation_table, collect_probes, probe_table
+from analysis.report import (
+    STUDY_FILE,
+    ablation_table,
+    collect_probes,
+    collect_scores,
+    degenerate_notes,
+    grid_values,
+    markdown_table,
+    mean_sd,
+    probe_table,
+)
 
 
 def _probe(accuracy: list[float], chance: float = 0.25) -> dict:
@@ -35,4 +46,54 @@ def test_ablation_table_mean_and_sample_sd():
     (entry,) = ablation_table(rows)
     assert entry["n_seeds"] == 3
     assert entry["overall"] == (statistics.mean([0.2, 0.5, 0.8]), statistics.stdev([0.2, 0.5, 0.8]))
-    assert entry["split.ood"][0] != entry["split.ood"][0]  # a column no row has is NaN, not zero
+    assert entry["split.ood"] == (None, None)  # a column no row has is undefined, not zero
+
+
+def test_one_seed_has_no_sd_in_tables_or_json(tmp_path):
+    assert mean_sd([0.4]) == (0.4, None) and mean_sd([]) == (None, None)
+    rows = [dict(cell="c", mask_type="causal", recon_weight=0, note="", seed=0, overall=0.4)]
+    table = ablation_table(rows)
+    assert table[0]["overall"] == (0.4, None)
+    line = markdown_table(table).splitlines()[2]
+    assert line.startswith("| c | causal | 0 | 1 | 0.400 | — |") and "±" not in line
+    text = write_json(tmp_path / "ablation.json", table).read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))[0]["overall"] == [0.4, None]
+
+
+def _dataset(name, split, score, robust, ties):
+    return dict(dataset=name, meta_task="vqa", split=split, negatives="hard", score=score, score_tie_robust=robust,
+                ties=ties, n=10, n_candidates=5)
+
+
+def test_ties_and_degenerate_runs_are_reported_beside_the_mmeb_rule(tmp_path):
+    cells = [dict(name="healthy", mask_type="causal", recon_weight=0.0),
+             dict(name="collapsed", mask_type="eos_bridged", recon_weight=1.0)]
+    write_json(tmp_path / STUDY_FILE, dict(cells=cells, seeds=[0, 1]))
+    for seed in (0, 1):
+        write_json(tmp_path / "checkpoints" / f"healthy-s{seed}" / "scores.json", dict(
+            embedding_spread=0.6, datasets=[_dataset("a", "ind", 0.5, 0.5, 0), _dataset("b", "ood", 0.3, 0.3, 0)]))
+    write_json(tmp_path / "checkpoints" / "collapsed-s1" / "scores.json", dict(
+        embedding_spread=0.0, datasets=[_dataset("a", "ind", 1.0, 0.2, 10), _dataset("b", "ood", 1.0, 0.2, 10)]))
+    rows = collect_scores(tmp_path)
+    assert [(r["cell"], r["seed"], r["degenerate"]) for r in rows] == [
+        ("healthy", 0, False), ("healthy", 1, False), ("collapsed", 1, True)]
+    table = ablation_table(rows)
+    collapsed = table[1]
+    assert collapsed["overall"] == (1.0, None) and collapsed["overall_tie_robust"] == (0.2, None)
+    assert collapsed["ties"] == (20, None) and collapsed["degenerate_seeds"] == [1]
+    text = markdown_table(table)
+    assert "| collapsed ⚠ | eos_bridged | 1 | 1 | 1.000 | 0.200 | 20.0 | 1.000 | 0.200 |" in text
+    assert "| healthy | causal | 0 | 2 | 0.400 ± 0.000 | 0.400 ± 0.000 | 0.0 ± 0.0 | 0.500 ± 0.000 |" in text
+    (note,) = degenerate_notes(table)
+    assert "`collapsed` seed(s) 1: degenerate embeddings" in note
+    heat = grid_values(table, "split.ind")
+    assert heat[("eos_bridged", 1.0)] == (0.2, None) and heat[("causal", 0.0)] == (0.5, 0.0)
+
+
+def test_scores_recorded_before_ties_were_keep_the_mmeb_rule(tmp_path):
+    write_json(tmp_path / STUDY_FILE, dict(cells=[dict(name="old", mask_type="causal", recon_weight=0.0)], seeds=[0]))
+    old = [{k: v for k, v in _dataset("a", "ind", 0.5, 0, 0).items() if k not in ("score_tie_robust", "ties")}]
+    write_json(tmp_path / "checkpoints" / "old-s0" / "scores.json", dict(datasets=old))
+    table = ablation_table(collect_scores(tmp_path))
+    assert table[0]["overall_tie_robust"] == (None, None) and table[0]["degenerate_seeds"] == []
+    assert grid_values(table, "split.ind")[("causal", 0.0)] == (0.5, None)

@@ -5,12 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
+from analysis.errors import UsageError
 from analysis.lens import Capture
 from analysis.study import (
     PER_RUN_NOTEBOOKS,
@@ -68,9 +70,11 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
     assert "failed). Wall time of each step when it last had work: train " in report
     probes = report.split("## What the EOS state holds")[1].split("##")[0]
     assert all(f"| {cell.name} | {cell.mask_type} |" in probes for cell in config.cells)
-    # key figures: each compared cell under its own mask type, every linked file present
+    # key figures: each compared cell under its own mask type (the probing set has no B, so eos_bridged ran as
+    # bidirectional and the notebooks name it so), every linked file present
     assert "(contrastive-causal-s0_eos_budget_causal.png)" in report
-    assert "(bridged-l1-s0_probing_curves_eos_bridged.png)" in report
+    assert ("![eos_probing: bridged-l1-s0 (eos_bridged ran as bidirectional: no B segment)]"
+            "(bridged-l1-s0_probing_curves_bidirectional.png)") in report
     images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(images) == 1 + 3 * 2 + 1 and all((Path(config.report_dir) / i).is_file() for i in images)
 
@@ -89,7 +93,7 @@ def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_p
     spec["notebook_params"] = {"eos_probing": {"cv": "not-a-number"}}
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(spec))
-    outcomes = Study(StudyConfig.load(broken), progress=False).run()
+    outcomes = Study(StudyConfig.load(broken), progress=False, keep_going=True).run()
     failed = [o for o in outcomes if o.status == "failed"]
     assert failed and all("eos_probing" in o.target for o in failed)
     # the rest is not redone, except the ablation summary, which reads the probing results that are now gone
@@ -109,23 +113,115 @@ def test_capture_begun_under_other_settings_is_redone(quick, tmp_path):
     assert _capture_complete(out, spec) and Capture.open(out / "probe", "causal").meta["seed"] == spec["data_seed"]
 
 
+BRIDGED = str(ROOT / "experiments/recipes/cocoa_bridged.yaml")
+CAUSAL = str(ROOT / "experiments/recipes/contrastive_causal.yaml")
+
+
+def _load(tmp_path, cells, **extra):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "cells": cells, **extra}))
+    return StudyConfig.load(path)
+
+
+def test_a_cells_mask_type_and_lambda_come_from_its_recipe(tmp_path):
+    strict = "stages.bridged.mask=eos_bridged_strict"
+    config = _load(tmp_path, [{"name": "b", "recipe": BRIDGED, "set": [strict]},
+                              {"name": "m", "recipe": BRIDGED, "set": ["recon_weight=0.5"]},
+                              {"name": "c", "recipe": CAUSAL, "mask_type": "causal", "recon_weight": 0}],
+                   recipe_set=["stages.contrastive.steps=10"])
+    assert [(c.mask_type, c.recon_weight) for c in config.cells] == [
+        ("eos_bridged_strict", 1.0), ("eos_bridged", 0.5), ("causal", 0.0)]
+    # a study-wide override that gives the causal recipe a stage 2 is caught, not reported as causal
+    with pytest.raises(UsageError, match="cell 'c' states mask_type causal, recon_weight 0, but .* trains mask_type "
+                                         "eos_bridged_strict, recon_weight 1"):
+        _load(tmp_path, [{"name": "c", "recipe": CAUSAL, "mask_type": "causal", "recon_weight": 0}],
+              recipe_set=[strict])
+
+
+@pytest.mark.parametrize("cell, match", [
+    ({"mask_type": "causal", "recon_weight": 0.5},
+     r"cell 'a' states mask_type causal, recon_weight 0.5, but its recipe .*cocoa_bridged.yaml \(with the overrides\) "
+     r"trains mask_type eos_bridged, recon_weight 1; drop"),
+    ({"recon_weight": 0}, "states mask_type eos_bridged, recon_weight 0, but"),
+    ({"recon_weight": "one"}, "cells\\[0\\].recon_weight must be a number; got 'one'"),
+    ({"mask_type": "bridged"}, "unknown mask type 'bridged'; valid mask types"),
+    ({"name": "../trained"}, "cell name '../trained' is not a plain folder name"),
+    ({"name": ".hidden"}, "cell name '.hidden' is not a plain folder name"),
+    ({"recipie": "x.yaml"}, r"unknown key\(s\) recipie in cells\[0\]; valid keys: name, recipe, mask_type"),
+    ({"recipe": "nowhere.yaml"}, "cell 'a' names recipe nowhere.yaml, which does not exist"),
+    ({"set": ["stages.contrastive.steps=.inf"]}, "cell 'a': stages.contrastive.steps must be an integer; got inf"),
+    ({"set": ["stages.bridged=null", "stages.contrastive=null"]}, "cell 'a': recipe 'cocoa_bridged' has no stage"),
+])
+def test_a_bad_cell_is_one_line_before_anything_runs(tmp_path, cell, match):
+    with pytest.raises(UsageError, match=match):
+        _load(tmp_path, [{"name": "a", "recipe": BRIDGED, **cell}])
+
+
+def test_notebook_params_cannot_inject_code(tmp_path):
+    cells = [{"name": "a", "recipe": CAUSAL}]
+    injection = "x = 1\nimport os; os.system('id > FILE')  #"
+    with pytest.raises(UsageError, match=r"notebook_params.eos_probing: .x = 1\\nimport os.* is not a parameter of "
+                                         r"eos_probing \(its parameters: capture_dir, "):
+        _load(tmp_path, cells, notebook_params={"eos_probing": {injection: 1}})
+    with pytest.raises(UsageError, match="notebook_params.eos_probing.cv: datetime.date.* is not a plain value"):
+        _load(tmp_path, cells, notebook_params={"eos_probing": {"cv": __import__("datetime").date(2024, 1, 1)}})
+    with pytest.raises(UsageError, match="not a parameter of eos_probing"):
+        _load(tmp_path, cells, notebook_params={"eos_probing": {"n_sample": 3}})  # a typo
+    config = _load(tmp_path, cells, notebook_params={"eos_probing": {"cv": 3, "attributes": ["colour"]}})
+    assert config.notebook_params == {"eos_probing": {"cv": 3, "attributes": ["colour"]}}
+
+
 def test_bad_config_names_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"name": "x", "cells": [{"name": "a", "recipe": "nowhere.yaml",
-                                                            "mask_type": "causal", "recon_weight": 0}]}))
-    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
-        StudyConfig.load(bad)
     bad.write_text(yaml.safe_dump({"name": "x", "cels": []}))
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(UsageError, match=r"bad.yaml: unknown key\(s\) cels in the study config; valid keys: name"):
         StudyConfig.load(bad)
-    shutil.copy(ROOT / "experiments" / "quick.yaml", tmp_path / "q.yaml")
-    spec = yaml.safe_load((tmp_path / "q.yaml").read_text())
-    spec["cells"][0]["mask_type"] = "bridged"
-    for cell in spec["cells"]:
-        cell["recipe"] = str(ROOT / cell["recipe"])
-    (tmp_path / "q.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ValueError, match="valid mask types"):
-        StudyConfig.load(tmp_path / "q.yaml")
+    bad.write_text("name: x\ncells: [{name: a\n")
+    with pytest.raises(UsageError, match=r"bad.yaml is not valid YAML: .* at line \d+, column \d+"):
+        StudyConfig.load(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "cells": [{"name": "a", "recipe": CAUSAL}], "seeds": 0}))
+    with pytest.raises(UsageError, match="seeds must be a list"):
+        StudyConfig.load(bad)
+    with pytest.raises(UsageError, match="no study config at"):
+        StudyConfig.load(tmp_path / "nowhere.yaml")
+
+
+def test_repo_configs_load_and_state_what_their_recipes_train():
+    for name in ("default", "full", "quick"):
+        config = StudyConfig.load(ROOT / "experiments" / f"{name}.yaml")
+        assert all(c.mask_type and c.recon_weight is not None for c in config.cells)
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_failed_job_stops_new_ones_unless_keep_going(tmp_path, keep_going):
+    study = Study(_load(tmp_path, [{"name": "a", "recipe": CAUSAL}], workers=2), progress=False,
+                  keep_going=keep_going)
+    ran = []
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 0.5
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def job(i):
+        ran.append(i)
+        if i == 0:  # fails while t1 holds the other worker
+            wait_for(lambda: 1 in ran)
+            raise RuntimeError("boom")
+        if i in (1, 2):  # t2 may start on t0's worker before the failure is handled; t3 and t4 cannot
+            wait_for(lambda: study.stopped)
+
+    study._parallel("train", [(f"t{i}", False, job, (i,)) for i in range(5)], processes=False)
+    study._parallel("capture", [("c", False, job, (9,))], processes=False)
+    statuses = {o.target: o.status for o in study.outcomes}
+    if keep_going:
+        assert sorted(ran) == [0, 1, 2, 3, 4, 9] and not study.stopped
+        assert statuses == {"t0": "failed", "t1": "done", "t2": "done", "t3": "done", "t4": "done", "c": "done"}
+    else:
+        assert set(ran) <= {0, 1, 2} and study.stopped
+        assert statuses == {"t0": "failed", "t1": "done", "t2": "done" if 2 in ran else "cancelled",
+                            "t3": "cancelled", "t4": "cancelled"}
+    assert next(o.error for o in study.outcomes if o.target == "t0") == "RuntimeError: boom"
 
 
 def test_share_cores_gives_children_their_share_and_restores(monkeypatch):

@@ -1,6 +1,8 @@
-"""The stage runner end to end on the tiny backbone: loss falls, resume, idempotence, refusing a different recipe."""
+"""The stage runner end to end on the tiny backbone: loss falls, resume (mid-stage too), idempotence, refusing a
+different recipe, and nothing wrong passing silently (NaN losses, no stages, damaged outputs, collapsed scores)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ from safetensors.torch import load_file
 
 import analysis.train.runner as runner
 from analysis.cli import main
-from analysis.train import Recipe, RecipeMismatch, apply_overrides, train
+from analysis.errors import UsageError
+from analysis.metrics.retrieval import NonFiniteEmbeddings
+from analysis.train import Recipe, RecipeMismatch, apply_overrides, load_recipe, train
 from analysis.train.batches import make_batch_fn, prefetch, stage_examples
 from analysis.train.objectives import mask_token_id
 
@@ -94,7 +98,7 @@ def test_resume_runs_only_the_unfinished_stages(tmp_path, monkeypatch):
     # the resumed run ends exactly where an uninterrupted one does
     straight = train(recipe, tmp_path / "straight", progress=False)
     a, b = load_file(str(out / "model.safetensors")), load_file(str(straight / "model.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
     ran.clear()
     train(recipe, out, progress=False)  # complete: returns at once
@@ -160,3 +164,143 @@ def test_backbone_can_be_a_base_recipe_trained_once_and_cached(tmp_path, monkeyp
     assert load_checkpoint(out)[0].config.text_config.hidden_size == 32
     with pytest.raises(ValueError, match="apply to the tiny backbones"):
         apply_overrides(child, ["backbone.hidden_size=64"])
+
+
+# -- nothing wrong passes silently (issue 12) --------------------------------------------------------
+def _short(name="s", **extra) -> Recipe:
+    """One short contrastive stage, no scoring: seconds to train."""
+    return _recipe(name, **{"stages.warmup": "null", "stages.bridged": "null", "stages.contrastive.steps": 4,
+                            "eval.n_per_dataset": 0, **extra})
+
+
+def test_a_non_finite_loss_stops_training_and_saves_nothing_of_the_stage(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(runner.NonFiniteTraining, match=r"'?s'?: the gradient norm is nan at stage contrastive, "
+                                                        r"step 1.*stages.contrastive.lr \(now 1000\)"):
+        train(_short(**{"stages.contrastive.lr": 1e3}), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]  # no stage, weights or scores
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_the_first_non_finite_loss_or_gradient_names_stage_and_step(tmp_path, monkeypatch, what):
+    real = runner.stage_loss_fn
+
+    def poisoned(recipe, stage, model, decoder):
+        fn, calls = real(recipe, stage, model, decoder), []
+
+        def loss(batch):
+            terms = fn(batch)
+            calls.append(1)
+            if len(calls) == 2:  # step 1: the loss itself, or only its gradient (d sqrt(x)/dx at 0 is inf)
+                p = next(model.parameters())
+                bad = torch.tensor(float("inf")) if what == "loss" else torch.sqrt((p * 0).sum())
+                terms["loss"] = terms["loss"] + bad
+            return terms
+        return loss
+
+    monkeypatch.setattr(runner, "stage_loss_fn", poisoned)
+    with pytest.raises(runner.NonFiniteTraining, match=f"the {what} is (inf|nan) at stage bridged, step 1"):
+        train(_recipe("p", **{"stages.warmup": "null", "eval.n_per_dataset": 0}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_a_recipe_without_stages_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(UsageError, match="has no stage with steps > 0"):
+        train(_short(**{"stages.contrastive": "null"}), tmp_path / "run", progress=False)
+    with pytest.raises(UsageError, match="has no stage with steps > 0"):
+        train(_short(**{"stages.contrastive.steps": 0}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def _weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_mid_stage_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
+    recipe = _recipe("mid", **{"stages.bridged": "null", "stages.warmup.steps": 5, "stages.warmup.save_every": 2,
+                               "stages.contrastive.steps": 3, "eval.n_per_dataset": 0})
+    straight = train(recipe, tmp_path / "straight", progress=False)
+    real, out = runner.prefetch, tmp_path / "run"
+
+    def killed_after(n):
+        def stream(make, steps, *args):
+            for i, batch in enumerate(real(make, steps, *args)):
+                if i == n:
+                    raise KeyboardInterrupt
+                yield batch
+        return stream
+
+    monkeypatch.setattr(runner, "prefetch", killed_after(3))  # warm-up steps 0-2 run; state saved after step 1
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out, progress=False)
+    partial = runner.load_partial(runner.partial_path(out, "warmup"))
+    assert partial["step"] == 2 and len(partial["curve"]) == 2 and not (out / "stages" / "warmup").exists()
+    monkeypatch.setattr(runner, "prefetch", killed_after(2))  # resumed: steps 2-3 run, saved again after 3
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out, progress=False)
+    assert runner.load_partial(runner.partial_path(out, "warmup"))["step"] == 4
+    monkeypatch.setattr(runner, "prefetch", real)
+    train(apply_overrides(recipe, ["stages.warmup.save_every=3"]), out, progress=False)  # save_every: no mismatch
+    a, b = _weights(out), _weights(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "losses.json").read_text()) == json.loads((straight / "losses.json").read_text())
+    assert not runner.partial_path(out, "warmup").exists()
+    heads = [runner.load_heads(d / "stages" / "warmup") for d in (out, straight)]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_a_finished_directory_with_damaged_weights_is_not_returned_as_done(tmp_path, capsys):
+    out = train(_short(), tmp_path / "run", progress=False)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(_short().to_yaml())
+    argv = ["train", "--recipe", str(recipe_file), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100:-96] = b"\x7f\x7f\x7f\x7f"  # the same size: only the recorded digest can tell
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f"the weights in {out} changed after training finished" in capsys.readouterr().err
+    weights.write_bytes(bytes(data[:-1000]))  # truncated
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the finished checkpoint {out} is damaged" in err and "model.safetensors is truncated" in err
+
+
+def test_outputs_get_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = train(_short(), tmp_path / "run", progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"recipe.yaml", "scores.json", "model.safetensors", "stage.json"} <= {p.name for p in files}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o640"}
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_dir()} == {"0o750"}
+
+
+def test_scores_refuse_nan_embeddings_and_flag_collapsed_ones():
+    recipe = _short(**{"eval.n_per_dataset": 2})
+    model, processor = runner.build_model(recipe, torch.device("cpu"))
+    model.eval()
+    healthy = runner.score(model, processor, recipe, name="ckpt")
+    assert not healthy["degenerate"] and healthy["overall_tie_robust"] <= healthy["overall"]
+    norm = model.model.language_model.norm.weight
+    with torch.no_grad():
+        norm.zero_()  # every embedding is the zero vector: MMEB's rule would give 1.0
+    collapsed = runner.score(model, processor, recipe, name="ckpt")
+    assert collapsed["degenerate"] and collapsed["overall"] == 1.0
+    assert collapsed["overall_tie_robust"] < 0.5 and collapsed["ties"] == sum(r["n"] for r in collapsed["datasets"])
+    with torch.no_grad():
+        norm.fill_(float("nan"))
+    with pytest.raises(NonFiniteEmbeddings, match=r"/ind of ckpt: query and candidate embeddings hold NaN"):
+        runner.score(model, processor, recipe, name="ckpt")
+
+
+def test_the_shipped_base_captioner_is_found_without_retraining():
+    """A change to the recipe schema (a new result-neutral key) must not orphan the shipped base."""
+    from analysis.train.runner import REPO_ROOT, bases_dir, is_complete, result_digest
+
+    recipe = load_recipe(REPO_ROOT / "experiments/recipes/base_captioner.yaml")
+    assert is_complete(bases_dir() / f"base_captioner-{result_digest(recipe)}")

@@ -9,27 +9,34 @@ import sys
 
 def _run(args: argparse.Namespace) -> int:
     from analysis.train.recipe import load_recipe
-    from analysis.train.runner import SCORES_FILE, RecipeMismatch, train
+    from analysis.train.runner import SCORES_FILE, train
 
-    try:
-        recipe = load_recipe(args.recipe, args.set)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"cocoa-lens train: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.set)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        out = train(recipe, args.out, progress=not args.quiet)
-    except RecipeMismatch as err:
-        print(f"cocoa-lens train: {err}", file=sys.stderr)
-        return 2
+    out = train(recipe, args.out, progress=not args.quiet)
     scores = json.loads((out / SCORES_FILE).read_text())
-    summary = {k: scores[k] for k in ("overall", "ind_overall", "meta_task", "split", "negatives") if k in scores}
+    keys = ("overall", "overall_tie_robust", "ties", "ind_overall", "ind_overall_tie_robust", "meta_task", "split",
+            "negatives", "embedding_spread")
     print(f"checkpoint: {out}")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: scores[k] for k in keys if k in scores}, indent=2))
+    if scores.get("degenerate"):
+        print(f"cocoa-lens train: WARNING: {out} embeds every input to nearly the same vector (spread "
+              f"{scores['embedding_spread']:.2e}): its P@1 means nothing; see overall_tie_robust", file=sys.stderr)
     return 0
+
+
+def _threads(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -40,6 +47,6 @@ def register(subparsers) -> None:
                                                 "losses.json, scores.json and stages/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value with a dotted key, e.g. stages.bridged.steps=100 (repeatable)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

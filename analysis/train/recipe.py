@@ -4,7 +4,8 @@ A recipe names a backbone (an embedded tiny backbone, optionally widened, or a l
 directory), the stages to run (`warmup`, `bridged`, `contrastive`; each optional, run in that order),
 the recon weight λ, the InfoNCE temperature, the mask used for embedding (`embed_mask`), the seed and
 the device (an optional `pretrain` stage, plain captioning, can run first to make a base
-checkpoint). Parsing is strict: unknown keys and bad values raise `ValueError` listing the valid ones.
+checkpoint). Parsing is strict: unknown keys and bad values raise `UsageError` (a `ValueError`) listing
+the valid ones.
 
     recipe = Recipe.from_yaml(Path("experiments/recipes/cocoa_bridged.yaml").read_text())
     recipe = apply_overrides(recipe, ["stages.bridged.steps=100", "recon_weight=0.5"])
@@ -14,6 +15,7 @@ checkpoint). Parsing is strict: unknown keys and bad values raise `ValueError` l
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from typing import Any, Sequence
 import yaml
 
 from analysis.data.mini_mmeb import TASK_NAMES
+from analysis.errors import UsageError
+from analysis.io import read_yaml, yaml_problem
 from analysis.masks import MASK_TYPES
 from analysis.models import TINY_BACKBONES
 
@@ -67,7 +71,7 @@ class Backbone:
     def validate(self, path: str) -> None:
         _choice(self.attn_implementation, ATTN_IMPLEMENTATIONS, f"{path}.attn_implementation")
         if not self.is_tiny and self.tiny_sizes():
-            raise ValueError(f"{path}: hidden_size / num_hidden_layers / vision_width apply to the tiny backbones "
+            raise UsageError(f"{path}: hidden_size / num_hidden_layers / vision_width apply to the tiny backbones "
                              f"({', '.join(TINY_BACKBONES)}) only, not to {self.name!r}")
         for key, value in self.tiny_sizes().items():
             _positive(value, f"{path}.{key}")
@@ -78,7 +82,9 @@ class Stage:
     """Optimisation settings shared by every stage: AdamW, linear warm-up then `schedule`.
 
     `vision_lr_scale` multiplies the learning rate of the vision tower (a from-scratch tiny ViT learns
-    slower than the decoder at the same rate)."""
+    slower than the decoder at the same rate). `save_every` > 0 saves the stage's state every that many
+    steps, so an interrupted run resumes mid-stage (exactly as if uninterrupted); 0 saves at the stage's
+    end only. It does not change the result, so a run may resume under another `save_every`."""
 
     steps: int = 100
     lr: float = 1e-3
@@ -88,18 +94,19 @@ class Stage:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     vision_lr_scale: float = 1.0
+    save_every: int = 0
 
     def validate(self, path: str) -> None:
         _positive(self.vision_lr_scale, f"{path}.vision_lr_scale")
-        if self.steps < 0:
-            raise ValueError(f"{path}.steps must be >= 0; got {self.steps}")
+        if self.steps < 0 or self.save_every < 0:
+            raise UsageError(f"{path}: steps and save_every must be >= 0; got {self.steps} and {self.save_every}")
         _positive(self.lr, f"{path}.lr")
         if self.batch_size < 2:
-            raise ValueError(f"{path}.batch_size must be >= 2 (in-batch negatives); got {self.batch_size}")
+            raise UsageError(f"{path}.batch_size must be >= 2 (in-batch negatives); got {self.batch_size}")
         _choice(self.schedule, SCHEDULES, f"{path}.schedule")
         _unit(self.warmup_ratio, f"{path}.warmup_ratio", closed=True)
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"{path}: weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+            raise UsageError(f"{path}: weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
 
 
 @dataclass
@@ -130,7 +137,7 @@ class WarmupStage(Stage):
         _unit(self.mntp_prob, f"{path}.mntp_prob")
         _unit(self.mae_ratio, f"{path}.mae_ratio")
         if self.mae_weight < 0:
-            raise ValueError(f"{path}.mae_weight must be >= 0; got {self.mae_weight}")
+            raise UsageError(f"{path}.mae_weight must be >= 0; got {self.mae_weight}")
 
 
 @dataclass
@@ -179,7 +186,7 @@ class LoRA:
         _positive(self.alpha, f"{path}.alpha")
         _unit(self.dropout, f"{path}.dropout", closed=True)
         if not self.target_modules:
-            raise ValueError(f"{path}.target_modules must name at least one module")
+            raise UsageError(f"{path}.target_modules must name at least one module")
 
 
 @dataclass
@@ -203,11 +210,11 @@ class Data:
         if self.tasks is not None:
             unknown = [t for t in self.tasks if t not in TASK_NAMES]
             if unknown or not self.tasks:
-                raise ValueError(f"{path}.tasks: unknown or empty {unknown}; valid tasks: {', '.join(TASK_NAMES)}")
+                raise UsageError(f"{path}.tasks: unknown or empty {unknown}; valid tasks: {', '.join(TASK_NAMES)}")
         if self.max_text_tokens is not None:
             _positive(self.max_text_tokens, f"{path}.max_text_tokens")
         if self.hard_negatives < 0:
-            raise ValueError(f"{path}.hard_negatives must be >= 0; got {self.hard_negatives}")
+            raise UsageError(f"{path}.hard_negatives must be >= 0; got {self.hard_negatives}")
 
 
 @dataclass
@@ -220,7 +227,7 @@ class Eval:
 
     def validate(self, path: str) -> None:
         if self.n_per_dataset < 0:
-            raise ValueError(f"{path}.n_per_dataset must be >= 0 (0 = skip scoring); got {self.n_per_dataset}")
+            raise UsageError(f"{path}.n_per_dataset must be >= 0 (0 = skip scoring); got {self.n_per_dataset}")
         _positive(self.batch_size, f"{path}.batch_size")
 
 
@@ -256,7 +263,7 @@ class Recipe:
         _choice(self.embed_mask, EMBED_MASKS, "embed_mask")
         _choice(self.dtype, DTYPES, "dtype")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ValueError(f"device: unknown {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+            raise UsageError(f"device: unknown {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
         self.lora.validate("lora")
         self.data.validate("data")
         self.eval.validate("eval")
@@ -270,7 +277,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        return _build(cls, data, "recipe")
+        return build_strict(cls, data, "recipe", top=True)
 
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
@@ -279,6 +286,23 @@ class Recipe:
 
     def total_steps(self) -> int:
         return sum(s.steps for _, s in self.stages.active())
+
+    def require_stages(self) -> None:
+        """Raise unless some stage has steps to run (training nothing would write an untrained model)."""
+        if not self.stages.active():
+            raise UsageError(f"recipe {self.name!r} has no stage with steps > 0; give one, e.g. "
+                             f"--set stages.contrastive.steps=100 ({', '.join(STAGE_NAMES)})")
+
+    def grid_point(self) -> tuple[str, float]:
+        """Where the recipe sits in the ablation grid: (mask type, recon weight λ) of its stage 2.
+
+        With stage 2 and λ > 0: its reconstruction mask and λ. Otherwise (no stage 2, or λ = 0, where the
+        stage-2 mask is never used) the run is contrastive only: (`embed_mask`, 0).
+        """
+        bridged = self.stages.bridged
+        if bridged is not None and bridged.steps > 0 and self.recon_weight > 0:
+            return bridged.mask, self.recon_weight
+        return self.embed_mask, 0.0
 
     def differences(self, other: "Recipe") -> list[str]:
         """Dotted keys whose values differ (for error messages)."""
@@ -289,11 +313,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe from YAML (or JSON, a subset of YAML) and apply `key=value` overrides."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe at {path}")
+        raise UsageError(f"no recipe at {path} (see experiments/recipes/ for examples)")
+    data = read_yaml(path)
     try:
-        recipe = Recipe.from_yaml(path.read_text())
+        recipe = Recipe.from_dict({} if data is None else data)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
     return apply_overrides(recipe, overrides)
 
 
@@ -307,22 +332,25 @@ def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not key=value (e.g. stages.bridged.steps=100)")
+            raise UsageError(f"override {item!r} is not key=value (e.g. stages.bridged.steps=100)")
         parts = key.strip().split(".")
         node, cls = data, Recipe
         for depth, part in enumerate(parts):
             hints = _hints(cls)
             if part not in hints:
                 where = ".".join(parts[:depth]) or "recipe"
-                raise ValueError(f"unknown key {part!r} in {where} (override {item!r}); valid keys: {', '.join(hints)}")
+                raise UsageError(f"unknown key {part!r} in {where} (override {item!r}); valid keys: {', '.join(hints)}")
             if depth == len(parts) - 1:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-                node[part] = value
+                try:
+                    node[part] = yaml.safe_load(raw) if raw.strip() else ""
+                except yaml.YAMLError as err:
+                    raise UsageError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)}); "
+                                     f"quote it or close its brackets") from None
                 break
             sub = _dataclass_of(hints[part])
             if sub is None:
                 where = ".".join(parts[:depth + 1])
-                raise ValueError(f"{where} is a {hints[part]} value, it has no key {parts[depth + 1]!r}")
+                raise UsageError(f"{where} is a {hints[part]} value, it has no key {parts[depth + 1]!r}")
             if node.get(part) is None:
                 node[part] = dataclasses.asdict(sub())
             node, cls = node[part], sub
@@ -343,16 +371,26 @@ def _dataclass_of(hint) -> type | None:
     return None
 
 
-def _build(cls, data: Any, path: str):
+def build_strict(cls, data: Any, path: str, top: bool = False):
+    """`cls(**data)` for a dataclass, each value coerced to its field's type (nested dataclasses too).
+
+    Unknown keys, missing required keys and values of the wrong type raise `UsageError` naming `path` and
+    the dotted key (keys of a `top` object are named without the prefix). A nested object with a
+    `validate(path)` method is validated.
+    """
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must be a mapping with keys {', '.join(_hints(cls))}; got {data!r}")
+        raise UsageError(f"{path} must be a mapping with keys {', '.join(_hints(cls))}; got {data!r}")
     hints = _hints(cls)
     unknown = [k for k in data if k not in hints]
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(str, unknown))} in {path}; valid keys: {', '.join(hints)}")
-    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path != "recipe" else k) for k, v in data.items()}
+        raise UsageError(f"unknown key(s) {', '.join(map(str, unknown))} in {path}; valid keys: {', '.join(hints)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UsageError(f"{path} lacks {', '.join(missing)} (keys: {', '.join(hints)})")
+    kwargs = {k: _coerce(hints[k], v, k if top else f"{path}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
-    if path != "recipe" and hasattr(obj, "validate"):
+    if not top and hasattr(obj, "validate"):
         obj.validate(path)
     return obj
 
@@ -365,40 +403,49 @@ def _coerce(hint, value: Any, path: str):
                 return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, path)
+    if hint is Any:
+        return value
     if dataclasses.is_dataclass(hint):
-        return _build(hint, {} if value is None else value, path)
+        return build_strict(hint, {} if value is None else value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{path} must be a mapping; got {value!r}")
+        return {_coerce(args[0], k, path): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{path} must be a list; got {value!r}")
+            raise UsageError(f"{path} must be a list; got {value!r}")
         return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.strip().lower() in ("true", "yes", "1")
         if not isinstance(value, bool):
-            raise ValueError(f"{path} must be true or false; got {value!r}")
+            raise UsageError(f"{path} must be true or false; got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool):
-            raise ValueError(f"{path} must be an integer; got {value!r}")
+            raise UsageError(f"{path} must be an integer; got {value!r}")
         try:
             number = float(value) if isinstance(value, (str, float)) else value
         except ValueError:
-            raise ValueError(f"{path} must be an integer; got {value!r}") from None
-        if not isinstance(number, (int, float)) or number != int(number):
-            raise ValueError(f"{path} must be an integer; got {value!r}")
+            raise UsageError(f"{path} must be an integer; got {value!r}") from None
+        if not isinstance(number, (int, float)) or not math.isfinite(number) or number != int(number):
+            raise UsageError(f"{path} must be an integer; got {value!r}")
         return int(number)
     if hint is float:
         if isinstance(value, bool):
-            raise ValueError(f"{path} must be a number; got {value!r}")
+            raise UsageError(f"{path} must be a number; got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{path} must be a number; got {value!r}") from None
+            raise UsageError(f"{path} must be a number; got {value!r}") from None
+        if not math.isfinite(number):
+            raise UsageError(f"{path} must be a finite number; got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{path} must be a string; got {value!r}")
+            raise UsageError(f"{path} must be a string; got {value!r}")
         return value
     raise TypeError(f"{path}: unsupported field type {hint}")
 
@@ -414,15 +461,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, tuple[Any, Any]]]
 
 def _choice(value: str, valid: Sequence[str], path: str) -> None:
     if value not in valid:
-        raise ValueError(f"{path}: unknown {value!r}; valid: {', '.join(valid)}")
+        raise UsageError(f"{path}: unknown {value!r}; valid: {', '.join(valid)}")
 
 
 def _positive(value: float, path: str) -> None:
     if not value > 0:
-        raise ValueError(f"{path} must be > 0; got {value}")
+        raise UsageError(f"{path} must be > 0; got {value}")
 
 
 def _unit(value: float, path: str, closed: bool = False, low_closed: bool = False) -> None:
     low_ok = value >= 0 if (closed or low_closed) else value > 0
     if not (low_ok and value <= 1):
-        raise ValueError(f"{path} must lie in {'[' if closed or low_closed else '('}0, 1]; got {value}")
+        raise UsageError(f"{path} must lie in {'[' if closed or low_closed else '('}0, 1]; got {value}")

@@ -6,11 +6,15 @@ Output directory (itself a Hugging Face checkpoint once complete):
     out_dir/stages/<stage>/           one checkpoint per finished stage (written to a temp dir, then renamed)
         stage.json                    {stage, steps, seconds, cpu_seconds, losses: [{step, loss, <terms>, lr}]}
         train_heads.safetensors       warm-up only: the MAE decoder + pixel mask token (training-only)
+    out_dir/stages/<stage>.partial.pt the unfinished stage's state every `save_every` steps (removed at its end)
     out_dir/config.json, model.safetensors, tokenizer/processor files    the final model
     out_dir/losses.json               per-stage loss curves
-    out_dir/scores.json               mini-MMEB scores under the recipe's embed_mask; written last = complete
+    out_dir/scores.json               mini-MMEB scores under the recipe's embed_mask and the weights' digest;
+                                      written last = complete
 
-An interrupted run resumes from the last finished stage; a complete directory returns at once.
+An interrupted run resumes from the last finished stage, or mid-stage from a partial state, and ends
+bit-identical to an uninterrupted run. A complete directory is returned after a cheap check of its files.
+A non-finite loss or gradient stops training (`NonFiniteTraining`) before anything of that stage is saved.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from analysis.digest import weights_digest
+from analysis.errors import UsageError
+from analysis.io import atomic_write_text, give_umask, make_temp_dir
 from analysis.models import build_tiny, load_checkpoint, save_checkpoint
 from analysis.train.batches import derived_seed, make_batch_fn, prefetch
 from analysis.train.objectives import (
@@ -46,10 +53,15 @@ from analysis.train.recipe import Recipe, Stage, load_recipe
 
 RECIPE_FILE, SCORES_FILE, LOSSES_FILE, STAGE_FILE, HEADS_FILE = (
     "recipe.yaml", "scores.json", "losses.json", "stage.json", "train_heads.safetensors")
+RESULT_NEUTRAL = ("save_every",)  # recipe keys that do not change the result: a run may resume under others
 
 
-class RecipeMismatch(ValueError):
+class RecipeMismatch(UsageError):
     """The output directory already holds a different recipe."""
+
+
+class NonFiniteTraining(UsageError):
+    """A loss or gradient went NaN / inf: training stops and saves nothing of that stage."""
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -121,6 +133,16 @@ def bases_dir() -> Path:
     return Path(env) if env else REPO_ROOT / "experiments" / "bases"
 
 
+def result_digest(recipe: Recipe) -> str:
+    """10 hex digits of the recipe's YAML without its result-neutral keys (`save_every` does not make a new base)."""
+    data = recipe.to_dict()
+    for stage in (data.get("stages") or {}).values():
+        for key in RESULT_NEUTRAL:
+            (stage or {}).pop(key, None)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
     """The final checkpoint of the recipe at `recipe_path`, trained first if it is not cached yet.
 
@@ -128,9 +150,9 @@ def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
     """
     path = resolve_path(recipe_path)
     base = load_recipe(path)
-    digest = hashlib.sha1(base.to_yaml().encode()).hexdigest()[:10]
-    out = bases_dir() / f"{path.stem}-{digest}"
+    out = bases_dir() / f"{path.stem}-{result_digest(base)}"
     if is_complete(out):
+        check_complete(out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:  # parallel study workers train it once
@@ -194,8 +216,14 @@ def stage_loss_fn(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None)
 
 
 def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, batches: Iterable[dict],
-              device: torch.device, progress: bool = True) -> list[dict]:
-    """Optimise `model` (and, in warm-up, `decoder`) over `batches`; return the per-step loss curve."""
+              device: torch.device, progress: bool = True, resume: dict | None = None,
+              save_to: Path | None = None) -> list[dict]:
+    """Optimise `model` (and, in warm-up, `decoder`) over `batches`; return the per-step loss curve.
+
+    `resume`: a state saved by this function (`load_partial`); `batches` then start at its `step`.
+    `save_to`: where to save the state every `save_every` steps. A non-finite loss or gradient raises
+    `NonFiniteTraining` naming the stage and step.
+    """
     cfg = getattr(recipe.stages, stage)
     torch.manual_seed(derived_seed(recipe.seed, stage, "torch"))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -208,36 +236,95 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = stage_loss_fn(recipe, stage, model, decoder)
+    trained = dict(model.named_parameters())
+    curve, first, seconds = [], 0, 0.0
+    if resume is not None:
+        with torch.no_grad():
+            for name, value in resume["params"].items():
+                trained[name].copy_(value)
+        if decoder is not None:
+            decoder.load_state_dict(resume["decoder"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        if resume["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        curve, first, seconds = list(resume["curve"]), resume["step"], resume["seconds"]
     model.train()
-    curve = []
-    bar = tqdm(total=cfg.steps, desc=f"{recipe.name} {stage}", disable=not progress, leave=False, mininterval=1.0)
-    for step, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device):
-            terms = loss_fn(batch)
-        terms["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        curve.append({"step": step, **values, "lr": scheduler.get_last_lr()[0]})
-        scheduler.step()
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-    bar.close()
+    start = time.perf_counter()
+    with tqdm(total=cfg.steps, initial=first, desc=f"{recipe.name} {stage}", disable=not progress, leave=False,
+              mininterval=1.0) as bar:  # closed (and cleared) when a step raises
+        for step, batch in enumerate(batches, first):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device):
+                terms = loss_fn(batch)
+            _check_finite(terms["loss"], "loss", recipe, stage, step)
+            terms["loss"].backward()
+            if cfg.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            _check_finite(norm, "gradient norm", recipe, stage, step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            curve.append({"step": step, **values, "lr": scheduler.get_last_lr()[0]})
+            scheduler.step()
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+            if save_to is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                _save_partial(save_to, {
+                    "step": step + 1, "curve": curve, "seconds": seconds + time.perf_counter() - start,
+                    "params": {n: p.detach().cpu() for n, p in trained.items() if p.requires_grad},
+                    "decoder": None if decoder is None else decoder.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
     model.eval()
     return curve
+
+
+def _check_finite(value: torch.Tensor, what: str, recipe: Recipe, stage: str, step: int) -> None:
+    if not torch.isfinite(value):
+        cfg = getattr(recipe.stages, stage)
+        raise NonFiniteTraining(
+            f"{recipe.name}: the {what} is {float(value.detach())} at stage {stage}, step {step}; training stopped and "
+            f"nothing of stage {stage} was saved. Lower stages.{stage}.lr (now {cfg.lr:g}) or clip harder "
+            f"(stages.{stage}.grad_clip, now {cfg.grad_clip:g}), and train into a new --out")
+
+
+def partial_path(out: Path, stage: str) -> Path:
+    """Where `run_stage` keeps an unfinished stage's state."""
+    return out / "stages" / f"{stage}.partial.pt"
+
+
+def _save_partial(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_partial(path: Path) -> dict | None:
+    """The state `run_stage` saved at `path`, or None."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError) as err:
+        raise UsageError(f"the mid-stage state {path} is damaged ({err}); delete it to redo that stage") from None
 
 
 # -- directory bookkeeping --------------------------------------------------------------------------
 def _claim(out: Path, recipe: Recipe) -> None:
     """Write recipe.yaml into `out`, or check that the one there is the same recipe."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory: choose another --out")
     path = out / RECIPE_FILE
     if path.exists():
         held = Recipe.from_yaml(path.read_text())
-        if held.to_dict() != recipe.to_dict():
+        if [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]:
             raise RecipeMismatch(
                 f"{out} holds recipe {held.name!r} ({path}), which differs from recipe {recipe.name!r} in "
                 f"{', '.join(recipe.differences(held))}; choose another --out or delete {out}")
@@ -245,8 +332,11 @@ def _claim(out: Path, recipe: Recipe) -> None:
     if out.exists() and any(out.iterdir()):
         raise RecipeMismatch(f"{out} is not empty and holds no {RECIPE_FILE}; refusing to write recipe "
                              f"{recipe.name!r} into it (choose another --out)")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(path, recipe.to_yaml())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, recipe.to_yaml())
+    except OSError as err:
+        raise UsageError(f"cannot write into {out} ({err.strerror}): choose a writable --out") from None
 
 
 @contextlib.contextmanager
@@ -263,14 +353,24 @@ def _no_hf_bars():
             hf_logging.enable_progress_bar()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def is_complete(out_dir: str | Path) -> bool:
     return (Path(out_dir) / SCORES_FILE).is_file()
+
+
+def check_complete(out: Path) -> None:
+    """Raise unless a complete directory's files are intact: JSON and safetensors headers parse, sizes fit, and
+    the weights still have the digest recorded when training finished."""
+    from analysis.checkpoints import check_files
+
+    try:
+        check_files(out)
+        digest = weights_digest(out)
+    except UsageError as err:
+        raise UsageError(f"the finished checkpoint {out} is damaged ({err}); delete it and train again") from None
+    recorded = json.loads((out / SCORES_FILE).read_text()).get("weights_digest")
+    if recorded not in (None, digest):
+        raise UsageError(f"the weights in {out} changed after training finished (digest {recorded} then, {digest} "
+                         f"now): delete {out} and train again")
 
 
 def _save_stage(out: Path, stage: str, model, processor, decoder: MAEDecoder | None, record: dict) -> Path:
@@ -279,7 +379,7 @@ def _save_stage(out: Path, stage: str, model, processor, decoder: MAEDecoder | N
     root.mkdir(exist_ok=True)
     for stale in root.glob(f".{stage}.*"):  # left by a run interrupted while saving
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}.", dir=root))
+    tmp = make_temp_dir(root, f".{stage}.")
     with _no_hf_bars():
         if hasattr(model, "peft_config"):
             model.save_pretrained(tmp)  # adapter only; the base comes from the recipe's backbone
@@ -289,7 +389,7 @@ def _save_stage(out: Path, stage: str, model, processor, decoder: MAEDecoder | N
     if stage == "warmup" and decoder is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}, str(tmp / HEADS_FILE))
     (tmp / STAGE_FILE).write_text(json.dumps(record, indent=1))
-    tmp.chmod(0o755)
+    give_umask(tmp)
     final = root / stage
     if final.exists():
         shutil.rmtree(final)
@@ -316,9 +416,11 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
     elif overrides:
         from analysis.train.recipe import apply_overrides
         recipe = apply_overrides(recipe, list(overrides))
+    recipe.require_stages()
     out = Path(out_dir)
     _claim(out, recipe)
     if is_complete(out):
+        check_complete(out)
         return out
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
     device = resolve_device(recipe)
@@ -337,25 +439,38 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
             torch.manual_seed(derived_seed(recipe.seed, "mae-decoder"))
             decoder = make_decoder(model, processor).to(device)
         make = make_batch_fn(recipe, stage, processor, model, mask_id)
+        partial = partial_path(out, stage)
+        resume = load_partial(partial)
+        first = 0 if resume is None else resume["step"]
+        if first:
+            say(f"{recipe.name}: resuming stage {stage} at step {first} from {partial}")
         start, cpu = time.perf_counter(), time.process_time()
-        curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(cfg.steps)), device, progress)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(first, cfg.steps)), device, progress,
+                          resume=resume, save_to=partial)
+        seconds = time.perf_counter() - start + (0.0 if resume is None else resume["seconds"])
+        cpu = time.process_time() - cpu
         losses[stage] = curve
         _save_stage(out, stage, model, processor, decoder, {"stage": stage, "steps": cfg.steps, "seconds": seconds,
                                                             "cpu_seconds": cpu, "losses": curve})
+        partial.unlink(missing_ok=True)
         say(f"{recipe.name}: stage {stage} done ({cfg.steps} steps, {seconds:.1f}s, "
             f"loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f})")
     final = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     final.eval()
-    scores = score(final, processor, recipe, device, progress)
+    scores = score(final, processor, recipe, device, progress, name=str(out))
     with _no_hf_bars():
         save_checkpoint(final, processor, out, extra={LOSSES_FILE: losses})
-    _write_text(out / SCORES_FILE, json.dumps(scores, indent=2, sort_keys=True))
+    give_umask(out)
+    scores["weights_digest"] = weights_digest(out)
+    atomic_write_text(out / SCORES_FILE, json.dumps(scores, indent=2, sort_keys=True))
     return out
 
 
-def score(model, processor, recipe: Recipe, device: torch.device | None = None, progress: bool = False) -> dict:
-    """Mini-MMEB P@1 (overall, meta-tasks, IND/OOD, hard/random, per dataset) under the recipe's embed_mask."""
+def score(model, processor, recipe: Recipe, device: torch.device | None = None, progress: bool = False,
+          name: str = "the model") -> dict:
+    """Mini-MMEB P@1 (overall, meta-tasks, IND/OOD, hard/random, per dataset; tie-robust beside each) under the
+    recipe's embed_mask, with the embeddings' spread and `degenerate` when they have collapsed. NaN / inf
+    embeddings raise (`NonFiniteEmbeddings`, naming `name` and the dataset)."""
     from analysis.data import build_mini_mmeb
     from analysis.evaluate import evaluate
     from analysis.metrics.retrieval import mmeb_scores
@@ -365,13 +480,14 @@ def score(model, processor, recipe: Recipe, device: torch.device | None = None, 
     datasets = build_mini_mmeb(recipe.eval.n_per_dataset, seed=recipe.eval.seed)
     start = time.perf_counter()
     with autocast(device or torch.device("cpu")):
-        result = evaluate(model, processor, datasets, recipe.embed_mask, recipe.eval.batch_size, progress=progress)
+        result = evaluate(model, processor, datasets, recipe.embed_mask, recipe.eval.batch_size, progress=progress,
+                          name=name)
     ind = mmeb_scores([r for r in result["datasets"] if r["split"] == "ind"], groups=("meta_task", "negatives"))
-    result.update(ind_overall=ind["overall"], ind_meta_task=ind["meta_task"], ind_negatives=ind["negatives"])
+    result.update(ind_overall=ind["overall"], ind_overall_tie_robust=ind["overall_tie_robust"],
+                  ind_meta_task=ind["meta_task"], ind_negatives=ind["negatives"])
     result["embed_mask"] = recipe.embed_mask
     result["seconds"] = time.perf_counter() - start
     return result
-
 
 
 def load_heads(stage_dir: str | Path) -> dict[str, torch.Tensor]:
