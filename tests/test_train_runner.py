@@ -61,10 +61,9 @@ def test_train_writes_checkpoint_recipe_losses_scores(tmp_path):
     assert set(scores["split"]) == {"ind", "ood"} and {"hard", "random"} <= set(scores["negatives"])
     assert "mae_decoder" not in str(load_file(str(out / "model.safetensors")).keys())
     assert (out / "stages" / "warmup" / runner.HEADS_FILE).is_file()
-    from analysis.models import load_checkpoint
+    from analysis.checkpoints import open_checkpoint
 
-    model, _ = load_checkpoint(out)
-    assert model.config.text_config.hidden_size == 32
+    assert open_checkpoint(out).model.config.text_config.hidden_size == 32
 
 
 def test_resume_runs_only_the_unfinished_stages(tmp_path, monkeypatch):
@@ -159,9 +158,9 @@ def test_backbone_can_be_a_base_recipe_trained_once_and_cached(tmp_path, monkeyp
     assert first.parent == tmp_path / "bases" and runner.is_complete(first)
     assert runner.base_checkpoint(child.backbone.name, progress=False) == first  # cached
     out = train(child, tmp_path / "child", progress=False)
-    from analysis.models import load_checkpoint
+    from analysis.checkpoints import open_checkpoint
 
-    assert load_checkpoint(out)[0].config.text_config.hidden_size == 32
+    assert open_checkpoint(out).model.config.text_config.hidden_size == 32
     with pytest.raises(ValueError, match="apply to the tiny backbones"):
         apply_overrides(child, ["backbone.hidden_size=64"])
 

@@ -35,10 +35,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from analysis.checkpoints import open_checkpoint
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import atomic_write_text, give_umask, make_temp_dir
-from analysis.models import build_tiny, load_checkpoint, save_checkpoint
+from analysis.models import build_tiny, save_checkpoint
 from analysis.train.batches import derived_seed, make_batch_fn, prefetch
 from analysis.train.objectives import (
     MAEDecoder,
@@ -95,20 +96,14 @@ def build_model(recipe: Recipe, device: torch.device | None = None, checkpoint: 
 def _load_backbone(recipe: Recipe, checkpoint: str | Path | None):
     bb = recipe.backbone
     source = checkpoint if checkpoint is not None and not recipe.lora.enabled else None
-    if source is not None:
-        model, processor = load_checkpoint(source, dtype=weight_dtype(recipe),
-                                           attn_implementation=bb.attn_implementation)
-    elif bb.is_recipe:
-        model, processor = load_checkpoint(base_checkpoint(bb.name), dtype=weight_dtype(recipe),
-                                           attn_implementation=bb.attn_implementation)
-    elif bb.is_tiny:
+    if bb.is_tiny and source is None:
         model, processor = build_tiny(bb.name, seed=recipe.seed, attn_implementation=bb.attn_implementation,
                                       **bb.tiny_sizes())
-        model = model.to(weight_dtype(recipe))
-    else:
-        model, processor = load_checkpoint(resolve_path(bb.name), dtype=weight_dtype(recipe),
-                                           attn_implementation=bb.attn_implementation)
-    return model, processor
+        return model.to(weight_dtype(recipe)), processor
+    if source is None:
+        source = base_checkpoint(bb.name) if bb.is_recipe else resolve_path(bb.name)
+    opened = open_checkpoint(source, dtype=weight_dtype(recipe), attn_implementation=bb.attn_implementation)
+    return opened.model, opened.processor
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
