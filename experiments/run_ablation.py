@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from analysis.report import mean_sd  # noqa: E402
 from analysis.train import load_recipe, train  # noqa: E402
 
 ROWS = [
@@ -46,9 +47,8 @@ COLUMNS = [
 
 
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {sd:.3f}"
+    mean, sd = mean_sd(values)
+    return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
 
 
 def _schedule(recipe) -> str:
