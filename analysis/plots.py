@@ -342,3 +342,130 @@ def probe_bars(
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         return _finish(fig, save)
+
+
+def _layer_axis(ax: Axes, n_layers: int) -> None:
+    ax.set_xticks(np.arange(n_layers))
+    ax.set_xlabel("layer (0 = embeddings)")
+
+
+def layerwise_curves(results: Mapping[str, Mapping], title: str = "Retrieval by layer", save=None) -> Figure:
+    """P@1 of the EOS state at every layer, one colour per entry of ``results`` (``{cell or mask type:
+    analysis.metrics.layerwise.layerwise_retrieval(...)}``): tie-robust P@1 solid, MMEB-rule P@1 dashed,
+    the best layer (by tie-robust P@1) starred."""
+    if not results:
+        raise ValueError("no layer-wise results to plot")
+    with house_style():
+        fig, ax = _figure((5.6, 3.8))
+        for (name, res), colour in zip(results.items(), sns.color_palette("tab10", len(results))):
+            robust = np.asarray(res["overall_tie_robust"], dtype=float)
+            layers = np.arange(len(robust))
+            ax.plot(layers, robust, marker="o", color=colour, label=name)
+            ax.plot(layers, np.asarray(res["overall"], dtype=float), linestyle="--", color=colour)
+            best = int(np.argmax(robust))
+            ax.plot([best], [robust[best]], marker="*", markersize=15, color=colour, markeredgecolor="black")
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="grey", linestyle="--", label="MMEB rule (ties to the positive)"),
+                    Line2D([], [], color="grey", marker="*", markersize=12, linestyle="", label="best layer")]
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        _layer_axis(ax, max(len(r["overall_tie_robust"]) for r in results.values()))
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("P@1 (ties split)")
+        ax.set_title(title)
+        return _finish(fig, save)
+
+
+def patching_profile(profiles: Mapping[str, Mapping], retrieval: Mapping[str, Mapping] | None = None,
+                     title: str = "Mask patching", legend: str = "patched positions", save=None) -> Figure:
+    """Mask-patching profile per layer: the share of the source run's embedding recovered by patching
+    layer r, one line per entry of ``profiles`` (``{positions: analysis.lens.patching.mask_patching(...)}``, or
+    one entry per checkpoint with ``legend="cell"``);
+    with ``retrieval`` (``{positions: patching_retrieval(...)}``) a second panel shows P@1 (ties split) per
+    patched layer beside the unpatched target run's (dotted) and source run's (dash-dotted)."""
+    if not profiles:
+        raise ValueError("no patching profiles to plot")
+    with house_style():
+        fig = Figure(figsize=(10.4 if retrieval else 5.6, 3.8), layout="constrained")
+        axes = fig.subplots(1, 2 if retrieval else 1, squeeze=False)[0]
+        colours = dict(zip(dict.fromkeys([*profiles, *(retrieval or {})]), sns.color_palette("tab10", 10)))
+        first = next(iter(profiles.values()))
+        for name, res in profiles.items():
+            axes[0].plot(np.arange(len(res["recovery"])), res["recovery"], marker="o", color=colours[name], label=name)
+        axes[0].set_ylim(-0.05, 1.05)
+        axes[0].set_ylabel("recovery of the source embedding")
+        axes[0].set_title(f"{title}: {first['source']} into {first['target']}")
+        for name, res in (retrieval or {}).items():
+            scores = np.asarray(res["overall_tie_robust"], dtype=float)
+            axes[1].plot(np.arange(len(scores)), scores, marker="o", color=colours[name], label=name)
+        if retrieval:
+            runs = next(iter(retrieval.values()))  # the unpatched runs: the same whatever the positions
+            axes[1].axhline(runs["target_run"]["overall_tie_robust"], color="grey", linestyle=":",
+                            label=f"{first['target']} run")
+            axes[1].axhline(runs["source_run"]["overall_tie_robust"], color="grey", linestyle="-.",
+                            label=f"{first['source']} run")
+            axes[1].set_ylim(0, 1.02)
+            axes[1].set_ylabel("P@1 (ties split)")
+            axes[1].set_title("Retrieval with layer r patched")
+        for ax in axes:
+            _layer_axis(ax, len(first["recovery"]))
+            ax.legend(title=legend, frameon=False)
+        return _finish(fig, save)
+
+
+def lens_rank_heatmap(ranks, tokens: Sequence[str], title: str = "EOS lens: rank of the target tokens",
+                      save=None) -> Figure:
+    """Rank (1 = top) of each target token (columns, ``tokens``) in the EOS lens at every layer (rows):
+    ``ranks [layers, T]`` (`EosLens.target_ranks`), coloured on a log scale, annotated when T <= 20."""
+    r = as_numpy(ranks)
+    if r.ndim != 2 or r.shape[1] != len(tokens):
+        raise ValueError(f"ranks must be [layers, T] with T = {len(tokens)} tokens; got {r.shape}")
+    with house_style():
+        fig, ax = _figure((0.55 * len(tokens) + 2.6, 0.4 * r.shape[0] + 1.6))
+        sns.heatmap(np.log10(r), ax=ax, cmap="rocket", annot=r.astype(int) if len(tokens) <= 20 else False, fmt="d",
+                    xticklabels=list(tokens), cbar_kws={"label": "log10 rank"}, vmin=0)
+        ax.set_xlabel("target token")
+        ax.set_ylabel("layer (0 = embeddings)")
+        ax.set_title(title)
+        return _finish(fig, save)
+
+
+def pc_shift_bars(shift: Mapping, names: tuple[str, str] = ("a", "b"), title: str = "Principal-direction shift",
+                  save=None) -> Figure:
+    """Per principal component of ``names[0]``'s states: ``|cos|`` with the same PC of ``names[1]``, the
+    variance each carries, and the share of the per-input shift along it
+    (``analysis.metrics.geometry.principal_shift``)."""
+    bars = {f"|cos| PC {names[0]} / {names[1]}": shift["cosine"], f"variance {names[0]}": shift["variance_a"],
+            f"variance {names[1]}": shift["variance_b"], f"shift along {names[0]}'s PC": shift["shift_along_a"]}
+    k = len(shift["cosine"])
+    width = 0.8 / len(bars)
+    with house_style():
+        fig, ax = _figure((1.1 * k + 3.6, 3.6))
+        for i, ((label, values), colour) in enumerate(zip(bars.items(), sns.color_palette("Set2", len(bars)))):
+            ax.bar(np.arange(k) + (i - (len(bars) - 1) / 2) * width, values, width, color=colour, label=label)
+        ax.set_xticks(np.arange(k), [f"PC {i + 1}" for i in range(k)])
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("cosine / share")
+        ax.set_title(title)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return _finish(fig, save)
+
+
+def window_knockout_heatmap(sweep: Mapping, value: str = "drop_tie_robust",
+                            title: str = "P@1 drop by knockout window", save=None) -> Figure:
+    """Drop in P@1 when each flow (rows) is cut in each layer window (columns, and every layer: "all"),
+    from ``analysis.lens.knockout.window_knockout``; ``value`` "drop_tie_robust" or "drop" (MMEB rule)."""
+    flows = list(sweep["flows"])
+    robust = value == "drop_tie_robust"
+    key = "overall_tie_robust" if robust else "overall"
+    table = np.array([[*sweep["flows"][f][value], sweep["base"][key] - sweep["flows"][f]["all_layers"][key]]
+                      for f in flows])
+    columns = [f"{w[0]}-{w[-1]}" if len(w) > 1 else str(w[0]) for w in sweep["windows"]] + ["all"]
+    limit = max(float(np.abs(table).max()), 1e-3)
+    with house_style():
+        fig, ax = _figure((0.9 * len(columns) + 2.6, 0.6 * len(flows) + 1.8))
+        sns.heatmap(table, ax=ax, cmap="vlag", vmin=-limit, vmax=limit, annot=True, fmt=".2f", xticklabels=columns,
+                    yticklabels=flows, cbar_kws={"label": f"P@1 drop{' (ties split)' if robust else ''}"})
+        ax.set_xlabel("layers cut")
+        ax.set_ylabel("flow cut")
+        ax.set_title(f"{title} ({sweep['mask_type']})")
+        return _finish(fig, save)

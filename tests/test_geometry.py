@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.metrics.geometry import alignment, anisotropy, cka_matrix, effective_rank, linear_cka, uniformity
+from analysis.metrics.geometry import (
+    alignment,
+    anisotropy,
+    cka_matrix,
+    effective_rank,
+    linear_cka,
+    principal_components,
+    principal_shift,
+    uniformity,
+)
 
 
 def _cka_gram(x, y):
@@ -63,3 +72,35 @@ def test_anisotropy():
     assert anisotropy(np.tile([[1.0, 2.0, 3.0]], (5, 1))) == pytest.approx(1.0)
     assert anisotropy(np.array([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-1.0)
     assert anisotropy(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])) == pytest.approx(math.sqrt(2) / 3)
+
+
+def _axis_data(n=4000, seed=3):
+    """Axis-aligned data with standard deviations 4, 2, 1, 0.5 along axes 0..3: the PCs are the axes."""
+    return np.random.default_rng(seed).normal(size=(n, 4)) * np.array([4.0, 2.0, 1.0, 0.5])
+
+
+def test_principal_components_of_axis_aligned_data():
+    x = _axis_data()
+    components, variance = principal_components(x, k=2)
+    np.testing.assert_allclose(np.abs(components), np.eye(4)[:2], atol=0.03)
+    assert (components[np.arange(2), np.arange(2)] > 0).all()  # sign fixed: the largest entry is positive
+    np.testing.assert_allclose(variance, np.array([16.0, 4.0]) / 21.25, atol=0.02)
+    with pytest.raises(ValueError, match="k must lie in 1..4"):
+        principal_components(x, k=5)
+
+
+def test_principal_shift_known_cases():
+    x = _axis_data()
+    same = principal_shift(x, 2.0 * x, k=3)
+    np.testing.assert_allclose(same["cosine"], 1.0, atol=1e-9)
+    np.testing.assert_allclose(same["variance_a"], same["variance_b"], atol=1e-12)
+    swapped = principal_shift(x, x[:, [1, 0, 2, 3]], k=2)  # b's main direction is a's second one
+    np.testing.assert_allclose(swapped["cosine"], 0.0, atol=0.05)
+    np.testing.assert_allclose(swapped["overlap"], [[0.0, 1.0], [1.0, 0.0]], atol=0.05)
+    direction = np.array([0.0, 0.6, 0.8, 0.0])
+    offset = principal_shift(x, x + 3.0 * direction, k=3)  # every input moves by the same vector
+    np.testing.assert_allclose(offset["shift_variance"], [1.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(offset["shift_along_a"], [0.0, 0.36, 0.64], atol=0.01)
+    np.testing.assert_allclose(offset["cosine"], 1.0, atol=1e-9)  # a common offset leaves the centred PCs alone
+    with pytest.raises(ValueError, match="same inputs"):
+        principal_shift(x, x[:10])

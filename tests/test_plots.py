@@ -151,3 +151,58 @@ def test_probe_bars_heights_are_seed_means(tmp_path):
     assert "chance" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(ValueError, match="run the eos_probing notebooks"):
         plots.probe_bars([])
+
+
+def test_layerwise_curves_star_the_best_layer_by_the_tie_robust_score(tmp_path):
+    results = {"causal": {"overall": [1.0, 0.3, 0.6, 0.5], "overall_tie_robust": [0.11, 0.3, 0.6, 0.5]},
+               "bidirectional": {"overall": [1.0, 0.2, 0.4, 0.7], "overall_tie_robust": [0.11, 0.2, 0.4, 0.7]}}
+    fig = plots.layerwise_curves(results, save=tmp_path / "layerwise")
+    _assert_written(tmp_path / "layerwise")
+    stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in fig.axes[0].lines if line.get_marker() == "*"]
+    assert stars == [(2, 0.6), (3, 0.7)]  # not layer 0, where the MMEB rule scores a collapsed state 1.0
+    with pytest.raises(ValueError, match="no layer-wise results"):
+        plots.layerwise_curves({})
+
+
+def test_patching_profile(tmp_path):
+    profile = {"source": "bidirectional", "target": "causal", "recovery": [0.0, 0.2, 0.7, 1.0]}
+    fig = plots.patching_profile({"EOS": profile}, save=tmp_path / "patching")
+    _assert_written(tmp_path / "patching")
+    assert len(fig.axes) == 1 and "bidirectional into causal" in fig.axes[0].get_title()
+    assert fig.axes[0].get_legend().get_title().get_text() == "patched positions"
+    by_cell = plots.patching_profile({"bridged-l1": profile, "strict-l1": profile}, legend="cell")
+    assert by_cell.axes[0].get_legend().get_title().get_text() == "cell"
+    retrieval = {"all": {"overall_tie_robust": [0.2, 0.3, 0.5, 0.6], "source_run": {"overall_tie_robust": 0.6},
+                         "target_run": {"overall_tie_robust": 0.2}}}
+    fig = plots.patching_profile({"EOS": profile, "all": profile}, retrieval, save=tmp_path / "patching2")
+    _assert_written(tmp_path / "patching2")
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 3  # the curve and the two runs' levels
+
+
+def test_lens_rank_heatmap(tmp_path):
+    ranks = np.array([[40, 3], [2, 1], [1, 1]])
+    fig = plots.lens_rank_heatmap(ranks, ["red", "circle"], save=tmp_path / "lens")
+    _assert_written(tmp_path / "lens")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["40", "3", "2", "1", "1", "1"]
+    with pytest.raises(ValueError, match="T = 3 tokens"):
+        plots.lens_rank_heatmap(ranks, ["a", "red", "circle"])
+
+
+def test_pc_shift_bars(tmp_path):
+    shift = {"cosine": [0.9, 0.4], "variance_a": [0.5, 0.2], "variance_b": [0.6, 0.1], "shift_along_a": [0.7, 0.1]}
+    fig = plots.pc_shift_bars(shift, names=("base", "tuned"), save=tmp_path / "pcs")
+    _assert_written(tmp_path / "pcs")
+    assert sorted(round(p.get_height(), 2) for p in fig.axes[0].patches) == sorted(sum(shift.values(), []))
+
+
+def test_window_knockout_heatmap(tmp_path):
+    sweep = {"mask_type": "causal", "windows": [[0, 1], [1, 2], [2, 3]],
+             "base": {"overall": 0.5, "overall_tie_robust": 0.4},
+             "flows": {"image->EOS": {"drop": [0.1, 0.0, -0.1], "drop_tie_robust": [0.2, 0.05, 0.0],
+                                      "all_layers": {"overall": 0.3, "overall_tie_robust": 0.1}}}}
+    fig = plots.window_knockout_heatmap(sweep, save=tmp_path / "windows")
+    _assert_written(tmp_path / "windows")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.20", "0.05", "0.00", "0.30"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0-1", "1-2", "2-3", "all"]
+    fig = plots.window_knockout_heatmap(sweep, value="drop")
+    assert [t.get_text() for t in fig.axes[0].texts][-1] == "0.20"

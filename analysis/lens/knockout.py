@@ -14,6 +14,10 @@ other position from reading it, so nothing of it reaches EOS (the position ids, 
 image's size but not on its content, are untouched). Cut in some layers only, an isolation leaves the
 paths through the other layers.
 
+Cross-modal flow by layer window (Zhang et al., 2024, arXiv 2411.18620): `window_knockout` cuts each flow of
+`FLOWS` (image->text, image->EOS, text->EOS: the direct edges) in sliding windows of layers and reports the
+drop in P@1 per window, so one sees in which layers image information reaches the text and the EOS token.
+
 Mechanism: the chosen layers' attention modules get a forward pre-hook that adds `finfo.min` to the
 blocked entries of the additive mask they receive (the pre-softmax scores), so the softmax gives those
 edges exactly zero weight. TransformerLens' `hook_attn_scores` cannot do this for Qwen2(.5)-VL: their
@@ -36,11 +40,15 @@ from analysis.evaluate import evaluate
 from analysis.inputs import SEGMENT_ID, Batch
 from analysis.lens.validate import check_batch
 from analysis.masks import EOS, PAD, A, B, check_mask_type
+from analysis.presets import Preset, get_preset
 
 ROLE_GROUPS = {"A": A, "EOS": EOS, "B": B}
 SEGMENT_GROUPS = ("image", "vision", "text", "instruction", "template")
 GROUPS = (*ROLE_GROUPS, *SEGMENT_GROUPS)
 Edge = tuple[str, str]
+# flow name -> the direct edges (query group, key group) that carry it
+FLOWS: dict[str, list[Edge]] = {"image->text": [("text", "image")], "image->EOS": [("EOS", "image")],
+                                "text->EOS": [("EOS", "text")]}
 
 
 def _hf(model) -> torch.nn.Module:
@@ -132,8 +140,50 @@ def knockout_embed_items(model, processor, items: Sequence[Item], mask_type: str
 
 def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type: str = "causal",
                       edges: Sequence[Edge] = (), layers: Sequence[int] | None = None,
-                      batch_size: int = 64) -> dict:
-    """mini-MMEB P@1 with `edges` cut in `layers`; the same dict as `analysis.evaluate.evaluate`."""
-    result = evaluate(_hf(model), processor, datasets, mask_type, batch_size, states_fn=_knocked(edges, layers))
+                      batch_size: int = 64, *, preset: str | Preset = "plain") -> dict:
+    """mini-MMEB P@1 with `edges` cut in `layers`, inputs as `preset` embeds them; the same dict as
+    `analysis.evaluate.evaluate`."""
+    result = evaluate(_hf(model), processor, datasets, mask_type, batch_size, states_fn=_knocked(edges, layers),
+                      preset=preset)
     result["knockout"] = {"edges": [list(e) for e in edges], "layers": None if layers is None else list(layers)}
     return result
+
+
+def layer_windows(n_layers: int, width: int, stride: int = 1) -> list[list[int]]:
+    """Sliding windows of `width` consecutive layers, `stride` apart; the last window ends at the last layer."""
+    if not 1 <= width <= n_layers or stride < 1:
+        raise ValueError(f"need 1 <= width <= {n_layers} layers and stride >= 1; got width {width}, stride {stride}")
+    starts = list(range(0, n_layers - width + 1, stride))
+    if starts[-1] != n_layers - width:
+        starts.append(n_layers - width)
+    return [list(range(s, s + width)) for s in starts]
+
+
+def window_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type: str | None = None,
+                    flows: dict[str, Sequence[Edge]] | None = None, width: int = 1, stride: int = 1, *,
+                    preset: str | Preset = "plain", batch_size: int = 64) -> dict:
+    """P@1 with each flow's edges cut in sliding layer windows (`layer_windows`), against the intact model.
+
+    flows: `{name: edges}` (default `FLOWS`); mask_type defaults to the preset's attention. Returns
+    `{"mask_type", "windows": [[layer, ...]], "base": {overall, overall_tie_robust}, "flows": {name: {"edges",
+    "score", "score_tie_robust", "drop", "drop_tie_robust" (lists over windows; drop = base - score),
+    "all_layers": {overall, overall_tie_robust} with the edges cut in every layer}}}`.
+    """
+    mask_type = mask_type or get_preset(preset).attention
+    windows = layer_windows(len(_attention_modules(model)), width, stride)
+
+    def score(edges: Sequence[Edge], layers: Sequence[int] | None) -> dict:
+        result = evaluate_knockout(model, processor, datasets, mask_type, edges, layers, batch_size, preset=preset)
+        return {k: result[k] for k in ("overall", "overall_tie_robust")}
+
+    base = score((), None)
+    out = {"mask_type": mask_type, "windows": windows, "base": base, "flows": {}}
+    for name, edges in (FLOWS if flows is None else flows).items():
+        cut = [score(edges, window) for window in windows]
+        out["flows"][name] = {
+            "edges": [list(e) for e in edges],
+            "score": [c["overall"] for c in cut], "score_tie_robust": [c["overall_tie_robust"] for c in cut],
+            "drop": [base["overall"] - c["overall"] for c in cut],
+            "drop_tie_robust": [base["overall_tie_robust"] - c["overall_tie_robust"] for c in cut],
+            "all_layers": score(edges, None)}
+    return out

@@ -1,4 +1,4 @@
-"""Embedding-space geometry: alignment, uniformity, effective rank, anisotropy, linear CKA.
+"""Embedding-space geometry: alignment, uniformity, effective rank, anisotropy, linear CKA, principal directions.
 
 Inputs are torch tensors or array-likes; everything is computed in float64 numpy.
 """
@@ -74,3 +74,39 @@ def cka_matrix(layers_a, layers_b) -> np.ndarray:
     if a.ndim != 3 or b.ndim != 3:
         raise ValueError(f"expected [N, layers, d] arrays, got shapes {a.shape} and {b.shape}")
     return np.array([[linear_cka(a[:, i], b[:, j]) for j in range(b.shape[1])] for i in range(a.shape[1])])
+
+
+def principal_components(x, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` principal directions of ``x [N, d]`` (column-centred) as rows ``[k, d]`` (unit
+    length, sign fixed so the largest entry is positive) and the share of variance each carries ``[k]``."""
+    x = _matrix(x)
+    if not 1 <= k <= min(x.shape):
+        raise ValueError(f"k must lie in 1..{min(x.shape)} for {x.shape[0]} samples of dimension {x.shape[1]}")
+    _, s, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    components = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])[:, None]
+    return components, (s[:k] ** 2) / max(np.sum(s ** 2), np.finfo(float).tiny)
+
+
+def principal_shift(a, b, k: int = 3) -> dict:
+    """How the principal directions move between two checkpoints' states of the same inputs, ``a`` and
+    ``b`` ``[N, d]`` ("A Text is Worth Several Tokens", arXiv 2406.17378: an embedder differs from its
+    backbone mainly along the first principal component).
+
+    Returns lists over the first ``k`` PCs: ``variance_a`` / ``variance_b`` (share of variance each carries),
+    ``cosine`` (``|cos|`` of PC i of ``a`` and PC i of ``b``; 1 = the direction kept), ``overlap`` ``[k][k]``
+    (``|cos|`` of every pair) and, of the per-input shift ``b - a`` (uncentred: a common offset is a shift
+    too), ``shift_along_a`` (share of its energy along a's PC i) and ``shift_variance`` (the share its own
+    first principal directions carry, uncentred).
+    """
+    a, b = _matrix(a, "a"), _matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must hold the same inputs in the same space, got shapes {a.shape} and {b.shape}")
+    pcs_a, var_a = principal_components(a, k)
+    pcs_b, var_b = principal_components(b, k)
+    shift = b - a
+    energy = max(float(np.sum(shift ** 2)), np.finfo(float).tiny)
+    s = np.linalg.svd(shift, compute_uv=False)
+    overlap = np.abs(pcs_a @ pcs_b.T)
+    return {"variance_a": var_a.tolist(), "variance_b": var_b.tolist(), "cosine": np.diag(overlap).tolist(),
+            "overlap": overlap.tolist(), "shift_along_a": (np.sum((shift @ pcs_a.T) ** 2, axis=0) / energy).tolist(),
+            "shift_variance": (s[:k] ** 2 / energy).tolist()}
