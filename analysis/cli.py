@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from analysis import study
+from analysis.arguments import add_checkpoint_options, positive_int
 from analysis.errors import expected_errors, one_line
 from analysis.lens import command as lens_command
 from analysis.io import write_json
@@ -54,12 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cocoa-lens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="score a checkpoint (or an untrained tiny backbone) on mini-MMEB or MMEB-eval")
-    lens_command.add_checkpoint_options(ev)
+    add_checkpoint_options(ev)
     ev.add_argument("--data", default="mini-mmeb", type=check_data_spec, help="mini-mmeb | mmeb:DIR[:Dataset,...]")
     ev.add_argument("--mask", default=None, choices=MASK_TYPES, help="default: the preset's own attention")
-    ev.add_argument("--n", type=lens_command.positive_int, default=None,
+    ev.add_argument("--n", type=positive_int, default=None,
                     help="queries per dataset (default: 100 for mini-mmeb, all for MMEB-eval)")
-    ev.add_argument("--batch-size", type=lens_command.positive_int, default=32)
+    ev.add_argument("--batch-size", type=positive_int, default=32)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", default=None, help="also write the scores to this JSON file")
     ev.set_defaults(func=_evaluate)

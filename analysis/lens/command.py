@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from analysis.checkpoints import DTYPES
+from analysis.arguments import add_checkpoint_options, nonnegative_int, positive_int
 from analysis.lens.sources import DEFAULT_N, check_data_spec
 from analysis.lens.store import PATTERNS
 from analysis.masks import MASK_TYPES
-from analysis.presets import PRESETS, SIDES
+from analysis.presets import SIDES
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -36,29 +36,6 @@ def _masks(text: str) -> list[str]:
     return masks
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
-    """--checkpoint, --base, --preset, --dtype, --device: how every loading command opens a checkpoint."""
-    p.add_argument("--checkpoint", default="tiny-qwen2.5-vl",
-                   help="checkpoint directory (Hugging Face or PEFT adapter) or a tiny backbone name (random init)")
-    p.add_argument("--base", default=None, help="base model directory of a PEFT adapter checkpoint")
-    p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
-                   help=f"embedder preset, one of: {', '.join(PRESETS)} (default: what the checkpoint declares, "
-                        f"else plain)")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="load dtype (default float32)")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1 (default cpu)")
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("capture", help="record EOS states and attention patterns through TransformerLens")
     add_checkpoint_options(p)
@@ -76,5 +53,5 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--shard-size", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_capture)

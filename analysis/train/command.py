@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from analysis.arguments import nonnegative_int
+
 
 def _run(args: argparse.Namespace) -> int:
     from analysis.train.recipe import load_recipe
@@ -28,17 +30,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threads(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a CoCoA-style embedder from a recipe (resumes; idempotent)",
                               description=__doc__)
@@ -47,6 +38,6 @@ def register(subparsers) -> None:
                                                 "losses.json, scores.json and stages/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value with a dotted key, e.g. stages.bridged.steps=100 (repeatable)")
-    p.add_argument("--threads", type=_threads, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
