@@ -1,4 +1,5 @@
-"""The study's report: ablation table (mean ± sd over seeds), probe table, key figures, notebook links, failures.
+"""The study's report: ablation table (mean ± sd over seeds), probe table, layer-wise retrieval and mask patching,
+key figures, notebook links, failures.
 
 Scores cannot lie: beside MMEB's P@1 (ties go to the positive, so a collapsed embedder scores 1.0) the
 table shows the tie-robust P@1 (ties split evenly) and the number of tied queries, and flags runs whose
@@ -106,6 +107,29 @@ def probe_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def collect_layerwise(study_dir: str | Path) -> dict[str, dict]:
+    """`{cell: metrics}` of the `layerwise_analyses` notebook of each cell's lowest seed that has one (the study
+    runs it for one seed per cell), with `seed` added; cells in the study's order."""
+    study_dir = Path(study_dir)
+    found: dict[str, dict] = {}
+    for cell, seed, name in _runs(study_dir):
+        metrics = read_json(study_dir / "notebooks" / name / "layerwise_analyses" / "metrics.json")
+        if metrics is not None and seed < found.get(cell["name"], {}).get("seed", math.inf):
+            found[cell["name"]] = dict(metrics, seed=seed)
+    return found
+
+
+def layerwise_table(found: dict[str, dict]) -> str:
+    """Markdown table of `collect_layerwise`: each cell's best layer against its last, under its embed mask."""
+    lines = ["| cell | seed | embed mask | best layer | P@1 there (ties split) | last layer | gain | "
+             "MMEB rule at best / last |", "|" + "---|" * 8]
+    for cell, m in found.items():
+        r = m["layerwise"][m["embed_mask"]]
+        lines.append(f"| {cell} | {m['seed']} | {m['embed_mask']} | {r['best_layer']} | {r['best']:.3f} | "
+                     f"{r['last']:.3f} | {r['gain']:+.3f} | {r['best_mmeb']:.3f} / {r['last_mmeb']:.3f} |")
+    return "\n".join(lines)
+
+
 def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample sd (ddof 1) of the finite values; None where undefined (no values; one value's sd)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
@@ -208,6 +232,9 @@ def write_report(study: "Study", seconds: float) -> Path:
                   "Under each cell's own mask type; `mean-pooled A` probes the mean of the input's token states "
                   "(the pooling CoCoA's EOS replaces); selectivity is accuracy minus a control task's.", "",
                   probe_table(probes), ""]
+    layerwise = collect_layerwise(root)
+    if layerwise:
+        lines += _layerwise_section(layerwise, report_dir)
     executed = sorted((root / "notebooks").glob("*/*/*.ipynb"))
     figures = _key_figures(study, report_dir)
     if figures:
@@ -219,6 +246,32 @@ def write_report(study: "Study", seconds: float) -> Path:
     lines += [f"- {o.step} `{o.target}`: {o.error}" for o in failed] or ["- none"]
     write_json(report_dir / "ablation.json", table)
     return atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _layerwise_section(found: dict[str, dict], report_dir: Path) -> list[str]:
+    """The layer-wise P@1 curves and mask-patching profiles of every cell (figures drawn into `report_dir`)."""
+    from analysis import plots
+
+    curves = {f"{cell} ({m['embed_mask']})": m["layerwise"][m["embed_mask"]] for cell, m in found.items()}
+    plots.layerwise_curves(curves, title="Retrieval by layer, each cell under its embed mask",
+                           save=report_dir / "layerwise_p1")
+    lines = ["## Layer by layer: retrieval and mask patching", "",
+             f"P@1 of the EOS state at every layer (through the final norm, so the last layer scores the embedding) "
+             f"on {next(iter(found.values()))['n_queries']} mini-MMEB queries, one seed per cell, under the mask the "
+             "cell embeds with. Solid: ties split; dashed: MMEB's rule; the star marks the best layer (ties split); "
+             "`gain` = best − last.", "", layerwise_table(found), "", "![layer-wise P@1](layerwise_p1.png)", "",
+             "Mask patching: each query runs under two mask types (each figure's title names them: source into "
+             "target), and the residual stream of layer r (0 = the embeddings) at the EOS position, or at all "
+             "positions, is copied from the source run into the target run. Recovery 1 is the source run's "
+             "embedding, 0 the target run's: the layer where it rises is where the source mask's restructuring "
+             "takes effect.", ""]
+    for positions in dict.fromkeys(p for m in found.values() for p in m["patching"]["profile"]):
+        profiles = {cell: m["patching"]["profile"][positions] for cell, m in found.items()
+                    if positions in m["patching"]["profile"]}
+        plots.patching_profile(profiles, title=f"Mask patching at {positions}", legend="cell",
+                               save=report_dir / f"mask_patching_{positions}")
+        lines += [f"![mask patching at {positions}](mask_patching_{positions}.png)", ""]
+    return lines
 
 
 def _key_figures(study: "Study", report_dir: Path) -> list[str]:

@@ -30,15 +30,20 @@ from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
+from analysis.data.shapes import SPLITS
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import read_json, read_yaml, write_json
 from analysis.masks import MASK_TYPES, check_mask_type
 from analysis.report import STUDY_FILE, write_report
-from analysis.train.recipe import build_strict, load_recipe
+from analysis.train.recipe import EMBED_MASKS, build_strict, load_recipe
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-PER_RUN_NOTEBOOKS = ("attention_flow", "eos_probing", "embedding_umap")
+LAYERWISE = "layerwise_analyses"  # per run, but only for each cell's lowest captured seed (time budget)
+PER_RUN_NOTEBOOKS = ("attention_flow", "eos_probing", "embedding_umap", LAYERWISE)
+# the parameters of `layerwise_analyses` the study sets (from where), so that it reads the run's retrieval capture
+FROM_CAPTURE = {"checkpoint": "the run", "capture_dir": "the run's capture", "data_seed": "capture.data_seed",
+                "n": "capture.retrieval.n", "splits": "capture.retrieval.splits", "mask_types": "the embed masks"}
 SUMMARY_NOTEBOOKS = ("ablation_summary", "compare_checkpoints")
 STEPS = ("train", "capture", "notebooks", "summaries")
 TIMINGS_FILE = "timings.json"  # in the study folder: the last measured wall time of each step
@@ -63,12 +68,28 @@ class Cell:
 
 
 @dataclass
+class RetrievalSpec:
+    """The mini-MMEB queries and candidates captured for `layerwise_analyses`: `n` queries per dataset of
+    `splits`, drawn with the capture's `data_seed` (every cell on the same queries), under every embed mask
+    (a bridged mask over inputs without B is bidirectional)."""
+
+    n: int = 3
+    splits: list[str] = field(default_factory=lambda: ["ind"])
+
+    def validate(self, path: str) -> None:
+        if self.n < 1 or not self.splits or not set(self.splits) <= set(SPLITS):
+            raise UsageError(f"{path}: n must be >= 1 and splits a non-empty list of {', '.join(SPLITS)}; got "
+                             f"n={self.n}, splits={self.splits}")
+
+
+@dataclass
 class CaptureSpec:
     """What each checkpoint is captured on: probing set (EOS rows) and a small full-pattern flow set.
 
     seeds: the training seeds whose checkpoints are captured (and get the per-run notebooks).
     data_seed: draws the captured samples, the same for every checkpoint, so that any two captures line up
         sample by sample (CKA and side-by-side comparisons need that).
+    retrieval: captured for the lowest of these seeds only, when `layerwise_analyses` runs.
     """
 
     dataset: str = "mini-mmeb"
@@ -77,10 +98,11 @@ class CaptureSpec:
     masks: list[str] = field(default_factory=lambda: list(MASK_TYPES))
     seeds: list[int] = field(default_factory=lambda: [0])
     data_seed: int = 0
+    retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
 
     def settings(self) -> dict:
-        """What fixes a capture's content (everything but which checkpoints are captured)."""
-        return {k: v for k, v in asdict(self).items() if k != "seeds"}
+        """What fixes the probe and flow captures' content (everything but which checkpoints are captured)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("seeds", "retrieval")}
 
 
 @dataclass
@@ -137,6 +159,9 @@ class StudyConfig:
             raise UsageError(f"unknown notebook(s) {bad}; valid: {', '.join(valid)}")
         for notebook, params in self.notebook_params.items():
             _check_params(notebook, params)
+        for key in sorted(set(FROM_CAPTURE) & set(self.notebook_params.get(LAYERWISE, {}))):
+            raise UsageError(f"notebook_params.{LAYERWISE}.{key}: the study sets it from {FROM_CAPTURE[key]} (the "
+                             f"notebook reads the run's retrieval capture); drop it here")
         bad = [n for n in self.compare if n not in names]
         if bad or len(self.compare) not in (0, 2):
             raise UsageError(f"compare must name two cells from {names}; got {self.compare}")
@@ -266,10 +291,13 @@ def _train_job(recipe: str, overrides: list[str], out: str) -> None:
 
 
 def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
-    """Capture `checkpoint` into `out/probe` and `out/flow`, resuming a capture begun with the same `spec`
-    (`CaptureSpec.settings()`); one begun with other settings is derived data and is captured afresh."""
+    """Capture `checkpoint` into `out/probe` and `out/flow` (and, when `spec` has `retrieval`, mini-MMEB queries
+    and candidates into `out/retrieval`), resuming a capture begun with the same `spec` (`Study.capture_spec`);
+    one begun with other settings is derived data and is captured afresh."""
     import shutil
 
+    from analysis.data import build_mini_mmeb
+    from analysis.lens.eos_lens import capture_retrieval
     from analysis.lens.recorder import capture
 
     out = Path(out)
@@ -280,10 +308,17 @@ def _capture_job(checkpoint: str, out: str, spec: dict) -> None:
     capture(checkpoint, spec["dataset"], spec["masks"], out / "probe", n=spec["n"], seed=seed, patterns="eos")
     capture(checkpoint, spec["dataset"], spec["masks"], out / "flow", n=spec["flow_n"], seed=seed,
             patterns="full", with_target=True)
+    if "retrieval" in spec:
+        retrieval = spec["retrieval"]
+        datasets = build_mini_mmeb(retrieval["n"], seed=seed, splits=tuple(retrieval["splits"]))
+        capture_retrieval(checkpoint, datasets, retrieval["masks"], out / "retrieval")
 
 
 def _capture_complete(out: Path, spec: dict) -> bool:
     indices = [out / kind / m / "index.json" for kind in ("probe", "flow") for m in spec["masks"]]
+    if "retrieval" in spec:
+        indices += [out / "retrieval" / side / m / "index.json" for side in ("queries", "candidates")
+                    for m in spec["retrieval"]["masks"]]
     return read_json(out / STAMP_FILE) == spec and all((read_json(i) or {}).get("complete") for i in indices)
 
 
@@ -303,6 +338,9 @@ class Study:
         self.keep_going = keep_going
         self.stopped = False
         self.runs = [Run(c, s, self.root) for c in config.cells for s in config.seeds]
+        # the layer-wise analyses' seed, fixed by the config: a failed lower seed does not move them (and the
+        # retrieval capture) to another seed
+        self.layerwise_seed = min(set(config.seeds) & set(config.capture.seeds), default=None)
         self.outcomes: list[Outcome] = []
         self.step_times: dict[str, dict] = {}  # step -> {seconds, jobs} for the steps that had work to do
 
@@ -382,9 +420,17 @@ class Study:
             first.setdefault(run.cell.name, run)
         return [first[name] for name in names if name in first]
 
+    def layerwise(self, run: Run) -> bool:
+        """Whether `layerwise_analyses` runs for `run` (and its retrieval set is captured)."""
+        return LAYERWISE in self.config.notebooks and run.seed == self.layerwise_seed
+
     def capture_spec(self, run: Run) -> dict:
-        """What fixes a run's capture: the capture settings and its checkpoint's weights (retrained: redone)."""
-        return dict(self.config.capture.settings(), checkpoint_digest=weights_digest(run.checkpoint))
+        """What fixes a run's capture: the capture settings, the retrieval set where the layer-wise analyses
+        run, and its checkpoint's weights (retrained: redone)."""
+        spec = dict(self.config.capture.settings(), checkpoint_digest=weights_digest(run.checkpoint))
+        if self.layerwise(run):
+            spec["retrieval"] = dict(asdict(self.config.capture.retrieval), masks=list(EMBED_MASKS))
+        return spec
 
     def capture(self) -> None:
         jobs = []
@@ -401,16 +447,24 @@ class Study:
         masks = self.config.capture.masks
         captured = self.captured_runs()
         for run in captured:
-            if not _capture_complete(run.captures, self.capture_spec(run)):
+            spec = self.capture_spec(run)
+            if not _capture_complete(run.captures, spec):
                 continue
             for nb in PER_RUN_NOTEBOOKS:
-                if nb in self.config.notebooks:
-                    out = self.root / "notebooks" / run.name / nb
+                if nb not in self.config.notebooks or (nb == LAYERWISE and "retrieval" not in spec):
+                    continue
+                out = self.root / "notebooks" / run.name / nb
+                if nb == LAYERWISE:
+                    retrieval = spec["retrieval"]
+                    params = dict(checkpoint=str(run.checkpoint), capture_dir=str(run.captures / "retrieval"),
+                                  data_seed=spec["data_seed"], n=retrieval["n"], splits=retrieval["splits"],
+                                  mask_types=retrieval["masks"], output_dir=str(out))
+                else:
                     params = dict(capture_dir=str(run.captures / "probe"), mask_types=masks, seed=run.seed,
                                   output_dir=str(out))
-                    if nb == "attention_flow":
-                        params.update(checkpoint=str(run.checkpoint), flow_dir=str(run.captures / "flow"))
-                    jobs.append((nb, out, params))
+                if nb == "attention_flow":
+                    params.update(checkpoint=str(run.checkpoint), flow_dir=str(run.captures / "flow"))
+                jobs.append((nb, out, params))
         if "ablation_summary" in self.config.notebooks:
             out = self.root / "notebooks" / "summary" / "ablation_summary"
             jobs.append(("ablation_summary", out, dict(study_dir=str(self.root), output_dir=str(out))))

@@ -35,6 +35,11 @@ def test_the_only_informative_layer_is_the_best_and_a_collapsed_layer_is_not():
     assert best["last"] == scores["score_tie_robust"][-1] and best["best_mmeb"] == 1.0
 
 
+def test_layer_0_is_never_the_best_even_when_every_block_scores_below_chance():
+    scores = {"score": [1.0, 0.0, 0.1], "score_tie_robust": [0.25, 0.0, 0.1]}
+    assert best_layer(scores)["best_layer"] == 2
+
+
 def test_final_norm_weight_changes_what_a_layer_retrieves():
     """A weight that zeroes the informative dimensions blinds every layer: the norm is applied, not ignored."""
     query, candidates = _synthetic()

@@ -9,10 +9,12 @@ from analysis.io import write_json
 from analysis.report import (
     STUDY_FILE,
     ablation_table,
+    collect_layerwise,
     collect_probes,
     collect_scores,
     degenerate_notes,
     grid_values,
+    layerwise_table,
     markdown_table,
     mean_sd,
     probe_table,
@@ -97,3 +99,26 @@ def test_scores_recorded_before_ties_were_keep_the_mmeb_rule(tmp_path):
     table = ablation_table(collect_scores(tmp_path))
     assert table[0]["overall_tie_robust"] == (None, None) and table[0]["degenerate_seeds"] == []
     assert grid_values(table, "split.ind")[("causal", 0.0)] == (0.5, None)
+
+
+def _layerwise(embed_mask: str, best_layer: int, robust: list[float]) -> dict:
+    scores = dict(best_layer=best_layer, best=robust[best_layer], last=robust[-1], gain=robust[best_layer] - robust[-1],
+                  best_mmeb=1.0, last_mmeb=0.5)
+    other = dict(scores, best=0.0, last=0.0, gain=0.0)  # the other mask type: must not be read
+    return dict(embed_mask=embed_mask, n_queries=33, patching={"profile": {}},
+                layerwise={embed_mask: scores, "causal" if embed_mask != "causal" else "bidirectional": other})
+
+
+def test_layerwise_table_reads_each_cells_lowest_seed_under_its_embed_mask(tmp_path):
+    cells = [dict(name="late", mask_type="eos_bridged", recon_weight=1.0),
+             dict(name="early", mask_type="causal", recon_weight=0.0)]
+    write_json(tmp_path / STUDY_FILE, dict(cells=cells, seeds=[1, 0, 2]))
+    notebook = "layerwise_analyses/metrics.json"
+    write_json(tmp_path / "notebooks" / "late-s1" / notebook, _layerwise("bidirectional", 2, [0.1, 0.4, 0.6, 0.5]))
+    write_json(tmp_path / "notebooks" / "late-s2" / notebook, _layerwise("bidirectional", 0, [0.9, 0.1]))
+    write_json(tmp_path / "notebooks" / "early-s0" / notebook, _layerwise("causal", 1, [0.2, 0.3, 0.3]))
+    found = collect_layerwise(tmp_path)
+    assert [(cell, m["seed"]) for cell, m in found.items()] == [("late", 1), ("early", 0)]
+    table = layerwise_table(found).splitlines()
+    assert table[2:] == ["| late | 1 | bidirectional | 2 | 0.600 | 0.500 | +0.100 | 1.000 / 0.500 |",
+                         "| early | 0 | causal | 1 | 0.300 | 0.300 | +0.000 | 1.000 / 0.500 |"]

@@ -15,6 +15,7 @@ import yaml
 from analysis.errors import UsageError
 from analysis.lens import Capture
 from analysis.study import (
+    LAYERWISE,
     PER_RUN_NOTEBOOKS,
     SUMMARY_NOTEBOOKS,
     Study,
@@ -75,8 +76,19 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
     assert "(contrastive-causal-s0_eos_budget_causal.png)" in report
     assert ("![eos_probing: bridged-l1-s0 (eos_bridged ran as bidirectional: no B segment)]"
             "(bridged-l1-s0_probing_curves_bidirectional.png)") in report
+    # layer by layer: a table row and a curve per cell (under its embed mask), mask patching at EOS and everywhere
+    layerwise = report.split("## Layer by layer")[1].split("\n## ")[0]
+    assert "| contrastive-causal | 0 | causal |" in layerwise and "| bridged-l1 | 0 | bidirectional |" in layerwise
+    for figure in ("layerwise_p1", "mask_patching_EOS", "mask_patching_all"):
+        assert f"]({figure}.png)" in layerwise
     images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(images) == 1 + 3 * 2 + 1 and all((Path(config.report_dir) / i).is_file() for i in images)
+    assert len(images) == 1 + 3 + 3 * 2 + 1 and all((Path(config.report_dir) / i).is_file() for i in images)
+    # the notebook read the study's retrieval capture (every embed mask) and added nothing to it
+    retrieval = {p.relative_to(root / "captures").as_posix() for p in root.glob("captures/*/retrieval/*/*")}
+    assert retrieval == {f"{r}-s0/retrieval/{side}/{m}" for r in ("contrastive-causal", "bridged-l1")
+                         for side in ("queries", "candidates") for m in ("causal", "bidirectional")}
+    compare = json.loads((root / "notebooks/summary/compare_checkpoints/metrics.json").read_text())
+    assert len(compare["principal_shift"]["cosine"]) == 3
 
 
 def test_second_run_redoes_nothing(quick):
@@ -90,7 +102,7 @@ def test_second_run_redoes_nothing(quick):
 def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_path):
     path, config, _ = quick
     spec = yaml.safe_load(path.read_text())
-    spec["notebook_params"] = {"eos_probing": {"cv": "not-a-number"}}
+    spec["notebook_params"]["eos_probing"] = {"cv": "not-a-number"}
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(spec))
     outcomes = Study(StudyConfig.load(broken), progress=False, keep_going=True).run()
@@ -169,6 +181,25 @@ def test_notebook_params_cannot_inject_code(tmp_path):
         _load(tmp_path, cells, notebook_params={"eos_probing": {"n_sample": 3}})  # a typo
     config = _load(tmp_path, cells, notebook_params={"eos_probing": {"cv": 3, "attributes": ["colour"]}})
     assert config.notebook_params == {"eos_probing": {"cv": 3, "attributes": ["colour"]}}
+
+
+def test_the_layerwise_notebook_reads_the_capture_the_study_sets(tmp_path):
+    cells = [{"name": "a", "recipe": CAUSAL}]
+    with pytest.raises(UsageError, match=r"notebook_params.layerwise_analyses.n: the study sets it from "
+                                         r"capture.retrieval.n \(the notebook reads the run's retrieval capture\)"):
+        _load(tmp_path, cells, notebook_params={LAYERWISE: {"window": 0, "n": 5}})
+    with pytest.raises(UsageError, match=r"capture.retrieval: n must be >= 1 and splits a non-empty list of ind, "
+                                         r"ood; got n=3, splits=\['test'\]"):
+        _load(tmp_path, cells, capture={"retrieval": {"splits": ["test"]}})
+
+
+def test_layerwise_analyses_run_for_each_cells_lowest_captured_seed(tmp_path):
+    config = _load(tmp_path, [{"name": "a", "recipe": CAUSAL}, {"name": "b", "recipe": BRIDGED}], seeds=[2, 1, 3],
+                   capture={"seeds": [3, 2, 7]})
+    study = Study(config, progress=False)
+    assert [r.name for r in study.runs if study.layerwise(r)] == ["a-s2", "b-s2"]
+    config.notebooks.remove(LAYERWISE)
+    assert not any(study.layerwise(r) for r in study.runs)
 
 
 def test_bad_config_names_the_problem(tmp_path):

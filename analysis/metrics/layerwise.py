@@ -50,10 +50,14 @@ def layer_scores(query, candidates, norm: FinalNorm | None = None, dataset: str 
 
 
 def best_layer(scores: Mapping) -> dict:
-    """The layer with the best tie-robust P@1 (the earliest among equals) against the last:
-    `{"best_layer", "best", "last", "gain"}` (on `score_tie_robust`), and the MMEB-rule `best_mmeb`, `last_mmeb`."""
+    """The block output with the best tie-robust P@1 (the earliest among equals) against the last:
+    `{"best_layer", "best", "last", "gain"}` (on `score_tie_robust`), and the MMEB-rule `best_mmeb`, `last_mmeb`.
+
+    Layer 0 (the EOS token's own embedding, one vector for every input) is never the best layer: it holds no
+    information about the input, whatever a near-chance model scores elsewhere.
+    """
     robust = np.asarray(scores["score_tie_robust"], dtype=float)
-    layer = int(np.argmax(robust))
+    layer = 1 + int(np.argmax(robust[1:])) if len(robust) > 1 else 0
     return {"best_layer": layer, "best": float(robust[layer]), "last": float(robust[-1]),
             "gain": float(robust[layer] - robust[-1]), "best_mmeb": float(scores["score"][layer]),
             "last_mmeb": float(scores["score"][-1])}
