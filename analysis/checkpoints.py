@@ -14,6 +14,7 @@ recipe (`recipe.yaml`) and embeds with the `plain` preset under the recipe's `em
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -113,6 +114,20 @@ def check_files(directory: Path) -> None:
         check_safetensors(path)
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """Hide transformers' per-file progress bars ("Loading weights", "Writing model shards") inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def open_checkpoint(source, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
                     base: str | Path | None = None, attn_implementation: str = "eager", seed: int = 0) -> Opened:
     """Open `source` (see the module docstring) in `dtype` (default float32) on `device` (default cpu)."""
@@ -128,9 +143,11 @@ def open_checkpoint(source, *, dtype: torch.dtype | str | None = None, device: s
     base_dir = None
     if (path / ADAPTER_CONFIG).is_file():
         base_dir = _adapter_base(path, base)
-        model, processor = _open_adapter(path, base_dir, dtype, attn_implementation)
+        with quiet_hf():
+            model, processor = _open_adapter(path, base_dir, dtype, attn_implementation)
     elif (path / CONFIG).is_file():
-        model, processor = _open_full(path, dtype, attn_implementation)
+        with quiet_hf():
+            model, processor = _open_full(path, dtype, attn_implementation)
     else:
         raise UsageError(f"{path} holds neither {CONFIG} nor {ADAPTER_CONFIG}: not a checkpoint directory")
     declared = read_json_file(path / PRESET_FILE) if (path / PRESET_FILE).is_file() else {}

@@ -35,7 +35,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from analysis.checkpoints import open_checkpoint
+from analysis.checkpoints import open_checkpoint, quiet_hf
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import atomic_write_text, give_umask, make_temp_dir
@@ -86,7 +86,7 @@ def autocast(device: torch.device):
 def build_model(recipe: Recipe, device: torch.device | None = None, checkpoint: str | Path | None = None):
     """`(model, processor)` for the recipe's backbone (or a stage `checkpoint`), on `device`, LoRA applied."""
     device = device or resolve_device(recipe)
-    with _no_hf_bars():
+    with quiet_hf():
         model, processor = _load_backbone(recipe, checkpoint)
     if recipe.lora.enabled:
         model = _with_lora(model, recipe, adapter=checkpoint)
@@ -334,20 +334,6 @@ def _claim(out: Path, recipe: Recipe) -> None:
         raise UsageError(f"cannot write into {out} ({err.strerror}): choose a writable --out") from None
 
 
-@contextlib.contextmanager
-def _no_hf_bars():
-    """Hide transformers' "Writing model shards" bar while saving."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def is_complete(out_dir: str | Path) -> bool:
     return (Path(out_dir) / SCORES_FILE).is_file()
 
@@ -375,7 +361,7 @@ def _save_stage(out: Path, stage: str, model, processor, decoder: MAEDecoder | N
     for stale in root.glob(f".{stage}.*"):  # left by a run interrupted while saving
         shutil.rmtree(stale, ignore_errors=True)
     tmp = make_temp_dir(root, f".{stage}.")
-    with _no_hf_bars():
+    with quiet_hf():
         if hasattr(model, "peft_config"):
             model.save_pretrained(tmp)  # adapter only; the base comes from the recipe's backbone
             processor.save_pretrained(tmp)
@@ -453,7 +439,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
     final = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     final.eval()
     scores = score(final, processor, recipe, device, progress, name=str(out))
-    with _no_hf_bars():
+    with quiet_hf():
         save_checkpoint(final, processor, out, extra={LOSSES_FILE: losses})
     give_umask(out)
     scores["weights_digest"] = weights_digest(out)
