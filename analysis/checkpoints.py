@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from analysis.errors import UsageError
-from analysis.models import MODEL_CLASSES, TINY_BACKBONES, build_tiny
+from analysis.models import ALL_TINY_BACKBONES, MODEL_CLASSES, build_tiny
 from analysis.presets import Preset, preset_for
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -132,13 +132,13 @@ def open_checkpoint(source, *, dtype: torch.dtype | str | None = None, device: s
                     base: str | Path | None = None, attn_implementation: str = "eager", seed: int = 0) -> Opened:
     """Open `source` (see the module docstring) in `dtype` (default float32) on `device` (default cpu)."""
     dtype, dev = parse_dtype(dtype) or torch.float32, parse_device(device)
-    if str(source) in TINY_BACKBONES:
+    if str(source) in ALL_TINY_BACKBONES:
         model, processor = build_tiny(str(source), seed=seed, attn_implementation=attn_implementation)
         return Opened(model.to(dev, dtype=dtype), processor, f"{source} (random init, seed {seed})")
     path = Path(source).expanduser()
     if not path.is_dir():
         raise UsageError(f"no checkpoint at {path}: give a Hugging Face directory (config.json), a PEFT adapter "
-                         f"directory (adapter_config.json) or a tiny backbone name ({', '.join(TINY_BACKBONES)})")
+                         f"directory (adapter_config.json) or a tiny backbone name ({', '.join(ALL_TINY_BACKBONES)})")
     check_files(path)
     base_dir = None
     if (path / ADAPTER_CONFIG).is_file():

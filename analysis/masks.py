@@ -85,11 +85,15 @@ def rope_position_ids(model, input_ids: torch.Tensor, roles: torch.Tensor, mm_to
                       image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
     """mRoPE position ids `[3, B, L]` for a (possibly multimodal) batch, PAD positions ignored.
 
-    `model` is a Qwen2-VL / Qwen2.5-VL `...ForConditionalGeneration` (or its inner `.model`).
+    `model` is a Qwen2-VL / Qwen2.5-VL / Qwen3-VL `...ForConditionalGeneration` (or its inner `.model`); its
+    own `get_rope_index` places image tokens (`mm_token_type_ids` 1) on their (t, h, w) grid of merged patches
+    and resumes text after the larger side. Qwen3-VL interleaves the three axes over the rotary frequencies
+    inside its attention; the ids are the same.
     """
     inner = getattr(model, "model", model)
     if not hasattr(inner, "get_rope_index"):
-        raise TypeError(f"{type(model).__name__} has no get_rope_index; expected a Qwen2-VL / Qwen2.5-VL model")
+        raise TypeError(f"{type(model).__name__} has no get_rope_index; expected a Qwen2-VL / Qwen2.5-VL / "
+                        f"Qwen3-VL model")
     nonpad = (role_ids(roles) != PAD).long()
     if image_grid_thw is None:
         positions = (nonpad.cumsum(-1) - 1).clamp(min=0) * nonpad

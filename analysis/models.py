@@ -1,9 +1,14 @@
-"""Embedded tiny Qwen2-VL / Qwen2.5-VL backbones, their local tokenizer, and checkpoint save/load.
+"""Embedded tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones, their local tokenizer, and checkpoint save/load.
 
 `build_tiny` makes a random-initialised model from a config (nothing downloaded) with a WordLevel
 tokenizer over the synthetic world's vocabulary plus Qwen's special tokens. `load_checkpoint` opens any
-local Qwen2-VL / Qwen2.5-VL directory in Hugging Face format: the tiny ones saved here and real
-2B-7B checkpoints alike.
+local Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory in Hugging Face format: the tiny ones saved here and real
+2B-8B checkpoints alike.
+
+`tiny-qwen3-vl` differs from the Qwen2 family where Qwen3-VL does: 16-pixel patches (an image token covers
+32x32 pixels, so its processor bounds are 64^2..128^2 pixels for the same 4..16 tokens), a learned position
+grid and DeepStack in the vision tower (the merged features of vision block 0 are added to the image
+tokens' residual stream after text layer 0), per-head q/k RMS norms and interleaved M-RoPE in the text decoder.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 
 from analysis.data.vocabulary import WORDS
 from analysis.io import write_json
 
-TINY_BACKBONES = ("tiny-qwen2.5-vl", "tiny-qwen2-vl")
-MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
+TINY_BACKBONES = ("tiny-qwen2.5-vl", "tiny-qwen2-vl")  # the Qwen2 family (the tests' shared `tiny` fixture)
+ALL_TINY_BACKBONES = TINY_BACKBONES + ("tiny-qwen3-vl",)  # every embedded backbone
+MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration,
+                 "qwen3_vl": Qwen3VLForConditionalGeneration}
 EMBED_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "<|mask|>"
 PAD_TOKEN = "<|pad|>"
@@ -42,6 +53,10 @@ TINY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, nu
                  num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0)
 TINY_VISION = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
+QWEN3_VISION = dict(depth=2, num_heads=4, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                    num_position_embeddings=64, deepstack_visual_indexes=(0,), hidden_act="gelu_pytorch_tanh")
+QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS = 64 * 64, 128 * 128  # 112x112 -> 128x128 -> 16 image tokens; 56 -> 4
+QWEN3_IMAGE_NORM = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # Qwen3-VL's preprocessor
 
 
 def build_tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
@@ -60,18 +75,28 @@ def build_tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2VLProcessor:
-    """Qwen2-VL processor for small images: 56x56 -> 4 image tokens, 112x112 -> 16."""
+def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, name: str = "tiny-qwen2.5-vl"):
+    """The tiny backbone's processor for small images: 56x56 -> 4 image tokens, 112x112 -> 16.
+
+    Qwen2-VL / Qwen2.5-VL: 14-pixel patches; Qwen3-VL: 16-pixel patches and Qwen3-VL's 0.5 / 0.5 normalisation.
+    """
+    tokenizer = tokenizer or build_tokenizer()
+    if name == "tiny-qwen3-vl":
+        image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                                min_pixels=QWEN3_MIN_PIXELS, max_pixels=QWEN3_MAX_PIXELS,
+                                                **QWEN3_IMAGE_NORM)
+        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                video_processor=Qwen3VLVideoProcessor())
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer or build_tokenizer(),
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                             video_processor=Qwen2VLVideoProcessor())
 
 
 def tiny_config(name: str, hidden_size: int = 128, num_hidden_layers: int = 4, vision_width: int = 64,
                 tokenizer: PreTrainedTokenizerFast | None = None):
     """Config of an embedded tiny backbone; token ids come from the local tokenizer."""
-    if name not in TINY_BACKBONES:
-        raise ValueError(f"unknown tiny backbone {name!r}; valid: {', '.join(TINY_BACKBONES)}")
+    if name not in ALL_TINY_BACKBONES:
+        raise ValueError(f"unknown tiny backbone {name!r}; valid: {', '.join(ALL_TINY_BACKBONES)}")
     tok = tokenizer or build_tokenizer()
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in
            dict(image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
@@ -83,7 +108,15 @@ def tiny_config(name: str, hidden_size: int = 128, num_hidden_layers: int = 4, v
                 rope_parameters={"rope_type": "default", "rope_theta": TINY_TEXT["rope_theta"],
                                  "mrope_section": _mrope_section(hidden_size // heads)})
     text.pop("rope_theta")
-    if name == "tiny-qwen2.5-vl":
+    if name == "tiny-qwen3-vl":
+        head_dim = hidden_size // heads
+        text.update(head_dim=head_dim, rope_parameters=dict(text["rope_parameters"], mrope_interleaved=True,
+                                                            mrope_section=_interleaved_mrope_section(head_dim)))
+        vision = dict(QWEN3_VISION, hidden_size=vision_width, intermediate_size=2 * vision_width,
+                      out_hidden_size=hidden_size)
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+        config.architectures = ["Qwen3VLForConditionalGeneration"]
+    elif name == "tiny-qwen2.5-vl":
         vision = dict(TINY_VISION, hidden_size=vision_width, intermediate_size=2 * vision_width,
                       out_hidden_size=hidden_size, window_size=112, fullatt_block_indexes=[TINY_VISION["depth"] - 1])
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
@@ -104,9 +137,17 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+def _interleaved_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's interleaved split of head_dim/2 frequencies: height and width each get 20/64 of them (every
+    third from index 1 and 2), time the rest, like its [24, 20, 20] of 64."""
+    half = head_dim // 2
+    spatial = half * 5 // 16
+    return [half - 2 * spatial, spatial, spatial]
+
+
 def build_tiny(name: str = "tiny-qwen2.5-vl", seed: int = 0, attn_implementation: str = "eager", **sizes):
     """Random-initialised tiny backbone and its processor: `(model, processor)`."""
-    processor = build_processor()
+    processor = build_processor(name=name)
     config = tiny_config(name, tokenizer=processor.tokenizer, **sizes)
     torch.manual_seed(seed)
     model_class = MODEL_CLASSES[config.model_type]
@@ -127,7 +168,7 @@ def save_checkpoint(model, processor, path: str | Path, extra: dict[str, object]
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
                     attn_implementation: str = "eager", trust_remote_code: bool = False):
-    """Open a local Qwen2-VL / Qwen2.5-VL directory: `(model, processor)`. Never reaches a hub."""
+    """Open a local Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory: `(model, processor)`. Never reaches a hub."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():

@@ -19,6 +19,7 @@ Position schemes (`positions`):
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field, replace
 from string import Formatter
 
@@ -62,7 +63,8 @@ class Preset:
     module docstring. Image sizing, in the order applied: `fetch_resize` (min, max pixels: a PIL resize to
     Qwen's `smart_resize` size before the processor, as GME's `fetch_image` does), `resize_to` (a fixed PIL
     resize), then the processor with `min_pixels` / `max_pixels` (None keeps the checkpoint's). normalize:
-    L2 before cosine. `source` cites the code it follows.
+    L2 before cosine. punctuate_instruction: strip the instruction and end it with "." unless it ends in
+    punctuation (Qwen3-VL-Embedding). `source` cites the code it follows.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Preset:
     min_pixels: int | None = None
     max_pixels: int | None = None
     normalize: bool = True
+    punctuate_instruction: bool = False
 
     def prompt(self, side: str) -> Prompt:
         if side not in SIDES:
@@ -92,6 +95,8 @@ class Preset:
         `"{instruction} {text}"` with no instruction is just the text, as the authors' string joins give.
         """
         prompt = self.prompt(side)
+        if self.punctuate_instruction:
+            instruction = _punctuated(instruction)
         values = {"image": self.image_block if has_image else "",
                   "instruction": instruction or prompt.default_instruction, "text": text}
         out: list[list[str]] = []
@@ -116,11 +121,20 @@ class Preset:
         return [(segment, string) for segment, string in pieces if string and segment != "drop-space"]
 
 
+def _punctuated(instruction: str) -> str:
+    """`instruction` stripped, with "." appended unless it ends in punctuation (a Unicode P* character)."""
+    instruction = (instruction or "").strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        return instruction + "."
+    return instruction
+
+
 def _same(prompt: str) -> Prompt:
     return Prompt(prompt, prompt)
 
 
 TOKENS = 28 * 28  # pixels per merged image token of Qwen2-VL / Qwen2.5-VL
+QWEN3_TOKENS = 32 * 32  # of Qwen3-VL (16-pixel patches, 2x2 merged)
 _QUERY = Prompt("{image}\n{instruction} {text}\n", "{instruction} {text}\n")
 _CANDIDATE = Prompt("{image}\n{instruction} {text}\n", "{instruction} {text}")
 _CHAT = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{{image}}{{text}}<|im_end|>\n<|im_start|>assistant\n"
@@ -205,7 +219,24 @@ LAMRA = Preset(
     query=_lamra(True), candidate=_lamra(False), attention="causal", positions="mrope",
     fetch_resize=(4 * TOKENS, 16384 * TOKENS))
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PLAIN, VLM2VEC, MOCA, GME, COCOA, B3, LAMRA)}
+_QWEN3VL_DEFAULT = "Represent the user's input."
+QWEN3VL_EMBEDDING = Preset(
+    name="qwen3vl-embedding",
+    source="QwenLM/Qwen3-VL-Embedding (Qwen3-VL backbone) src/models/qwen3_vl_embedding.py Qwen3VLEmbedder: "
+           "format_model_input (system message = the instruction, stripped and ended with '.' unless it ends in "
+           "punctuation, default \"Represent the user's input.\"; user message = the image, then the text), "
+           "_preprocess_inputs (apply_chat_template(add_generation_prompt=True); qwen_vl_utils process_vision_info "
+           "with image_patch_size=16: fetch_image resizes to smart_resize(factor 32, 4..1800 tokens), then the "
+           "processor with do_resize=False), _pooling_last (the last attended token: the '\\n' after "
+           "'assistant'), process (L2); Qwen3VLForEmbedding.forward (Qwen3VLModel without position ids: causal, "
+           "M-RoPE). Candidates carry no instruction (src/evaluation/mmeb_v2/data/datasets/image_*.py), so theirs "
+           "is the default. Needs a Qwen3-VL checkpoint and its chat tokens.",
+    query=Prompt(_CHAT.format(system="{instruction}"), _CHAT.format(system="{instruction}"), _QWEN3VL_DEFAULT),
+    candidate=_same(_CHAT.format(system=_QWEN3VL_DEFAULT)), attention="causal", positions="mrope",
+    fetch_resize=(4 * QWEN3_TOKENS, 1800 * QWEN3_TOKENS), min_pixels=4 * QWEN3_TOKENS,
+    max_pixels=1800 * QWEN3_TOKENS, punctuate_instruction=True)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (PLAIN, VLM2VEC, MOCA, GME, COCOA, B3, LAMRA, QWEN3VL_EMBEDDING)}
 
 
 def get_preset(name: str | Preset, **options) -> Preset:

@@ -29,3 +29,12 @@ def realwidth(tmp_path_factory):
     from realwidth import write_all
 
     return write_all(tmp_path_factory.mktemp("realwidth"))
+
+
+@pytest.fixture(scope="session")
+def realwidth_qwen3(tmp_path_factory):
+    """The real-width 2-layer Qwen3-VL-2B stand-in, written once per session (tests/realwidth.py, ~10 s, ~3 GB RSS):
+    {"qwen3-vl-2b": Path}."""
+    from realwidth import QWEN3_BACKBONE, write_qwen3_checkpoint
+
+    return {QWEN3_BACKBONE: write_qwen3_checkpoint(tmp_path_factory.mktemp("realwidth-qwen3") / QWEN3_BACKBONE)}

@@ -6,6 +6,14 @@ tokens at 151643-151656 in Qwen's order, then LamRA's `<emb>` at 151657 (an ordi
 `tokenizer.add_tokens` makes it). Newlines are tokens, so prompt layouts stay visible in the ids. The image
 processor is the default `Qwen2VLImageProcessor` (a 640x427 photograph -> 345 image tokens) and the processor
 carries Qwen2-VL's chat template. `write_adapter` writes a PEFT LoRA / DoRA directory with non-zero weights.
+
+Qwen3-VL-2B (`write_qwen3_checkpoint`): the published Qwen3-VL-2B-Instruct widths (text 2048 / 16 heads / 8 kv
+heads / head_dim 128 / 6144, vision 1024 / 16 heads / 4096 -> 2048, 16-pixel patches, 2304 learned positions,
+interleaved M-RoPE [24, 20, 20], rope_theta 5e6, tied embeddings), 2 text layers and 2 vision blocks, each block
+feeding one DeepStack level (the published model has 3, from blocks 5 / 11 / 17 of 24). Its tokenizer adds
+Qwen3's 12 tokens at 151657-151668 (`<tool_call>` .. `</think>`) after the same 14 specials, its processor has
+Qwen3-VL's preprocessor settings (patch 16, merge 2, mean / std 0.5, 65536..16777216 pixels) and a Qwen3-VL
+chat template reduced to the branches an embedder reaches (no tools).
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
 )
 from transformers.initialization import no_init_weights
 
@@ -198,3 +210,106 @@ def write_all(root: str | Path, adapters: bool = True) -> dict[str, Path]:
         written = write_checkpoint(backbone, root / backbone, adapters=adapters and backbone == "qwen2-vl-2b")
         out.update({backbone if kind == "base" else f"{backbone}-{kind}": p for kind, p in written.items()})
     return out
+
+
+# --- Qwen3-VL-2B ------------------------------------------------------------------------------------------
+
+QWEN3_BACKBONE = "qwen3-vl-2b"
+QWEN3_ADDED_TOKENS = (  # ids 151657.. in Qwen3's tokenizer (tokenizer_config.json added_tokens_decoder)
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+)
+QWEN3_FIRST_ADDED_ID = 151657
+
+# Qwen3-VL-Instruct's chat template without its tool branches: a system turn only when given (its content a
+# string or a list of text parts), user turns of images / videos / text parts, assistant turns of text.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}"
+    "{%- else %}{%- for part in messages[0].content %}{%- if 'text' in part %}{{- part.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if message.role == 'user' or message.role == 'assistant' %}"
+    "{{- '<|im_start|>' + message.role + '\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for part in message.content %}"
+    "{%- if part.type == 'image' or 'image' in part or 'image_url' in part %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part.type == 'video' or 'video' in part %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in part %}{{- part.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+QWEN3_IMAGE_PROCESSOR = dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5, 0.5, 0.5],
+                             image_std=[0.5, 0.5, 0.5], size={"shortest_edge": 65536, "longest_edge": 16777216})
+
+
+def build_qwen3_tokenizer() -> PreTrainedTokenizerFast:
+    """`build_tokenizer`'s words, fillers and 14 specials, then Qwen3's 12 added tokens at 151657-151668."""
+    base = build_tokenizer()
+    vocab = {tok: i for tok, i in base.get_vocab().items() if i < QWEN3_FIRST_ADDED_ID}
+    vocab.update({tok: QWEN3_FIRST_ADDED_ID + i for i, tok in enumerate(QWEN3_ADDED_TOKENS)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    core.normalizer = base.backend_tokenizer.normalizer
+    core.pre_tokenizer = base.backend_tokenizer.pre_tokenizer
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token=UNK_TOKEN, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                              "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    tokenizer.add_tokens(list(QWEN3_ADDED_TOKENS))
+    tokenizer.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_qwen3_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen3VLProcessor:
+    """Qwen3-VL's processor settings (a 640x427 photograph -> 416x640 -> 260 image tokens), its chat template."""
+    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**QWEN3_IMAGE_PROCESSOR),
+                            tokenizer=tokenizer or build_qwen3_tokenizer(), video_processor=Qwen3VLVideoProcessor(),
+                            chat_template=QWEN3_VL_CHAT_TEMPLATE)
+
+
+def qwen3_config(text_layers: int = 2, vision_depth: int = 2) -> Qwen3VLConfig:
+    """Published Qwen3-VL-2B-Instruct config, depth cut: DeepStack from vision blocks 5 / 11 / 17 where they
+    exist, else from every kept block."""
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=2048, intermediate_size=6144, num_hidden_layers=text_layers,
+                num_attention_heads=16, num_key_value_heads=8, head_dim=128, hidden_act="silu", rms_norm_eps=1e-6,
+                max_position_embeddings=262144, attention_bias=False, bos_token_id=TOKEN_IDS["<|endoftext|>"],
+                eos_token_id=TOKEN_IDS["<|im_end|>"],
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=vision_depth, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048, num_position_embeddings=2304,
+                  hidden_act="gelu_pytorch_tanh",
+                  deepstack_visual_indexes=[i for i in (5, 11, 17) if i < vision_depth] or list(range(vision_depth)))
+    cfg = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=TOKEN_IDS["<|image_pad|>"],
+                        video_token_id=TOKEN_IDS["<|video_pad|>"],
+                        vision_start_token_id=TOKEN_IDS["<|vision_start|>"],
+                        vision_end_token_id=TOKEN_IDS["<|vision_end|>"])
+    cfg.architectures = ["Qwen3VLForConditionalGeneration"]
+    cfg.tie_word_embeddings = True
+    return cfg
+
+
+def build_qwen3_model(seed: int = 0) -> Qwen3VLForConditionalGeneration:
+    """Random float32 model of `qwen3_config()`, eval mode, uniform weights as `build_model` draws them."""
+    with no_init_weights():
+        model = Qwen3VLForConditionalGeneration._from_config(qwen3_config(), dtype=torch.float32)
+    model.tie_weights()
+    gen = torch.Generator().manual_seed(seed)
+    half_width = 0.02 * 3 ** 0.5
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.95, 1.05, generator=gen) if name.endswith("weight") else param.zero_()
+            else:
+                param.uniform_(-half_width, half_width, generator=gen)
+    return model.eval()
+
+
+def write_qwen3_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Save the real-width Qwen3-VL-2B stand-in (weights and processor) at `path`."""
+    path = Path(path)
+    build_qwen3_model(seed).save_pretrained(path, safe_serialization=True)
+    build_qwen3_processor().save_pretrained(path)
+    return path

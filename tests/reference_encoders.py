@@ -15,6 +15,7 @@ Items need `.text`, `.instruction`, `.has_image` and `.load_image()` (`analysis.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import numpy as np
 import torch
@@ -288,6 +289,67 @@ def lamra(model, processor, items, side: str = "query") -> np.ndarray:
     return _normalise(rows)
 
 
-REFERENCES = {"vlm2vec": vlm2vec, "b3": b3, "cocoa": cocoa, "moca": moca, "gme": gme, "lamra": lamra}
+# --- Qwen3-VL-Embedding: chat with the instruction as system message, last token, Qwen3-VL ------------------
+
+QWEN3VL_DEFAULT_INSTRUCTION = "Represent the user's input."
+QWEN3_FACTOR = 32  # qwen_vl_utils: image_patch_size 16 x spatial merge 2
+
+
+def qwen3vl_conversation(item, side: str) -> list[dict]:
+    """QwenLM/Qwen3-VL-Embedding src/models/qwen3_vl_embedding.py `Qwen3VLEmbedder.format_model_input`: system =
+    the instruction, stripped and ended with "." unless its last character is punctuation (Unicode P*), else the
+    default; user = the image (with its 4..1800-token pixel bounds), then the text. Candidates carry no
+    instruction (src/evaluation/mmeb_v2/data/datasets/image_t2i_eval.py leaves it commented out)."""
+    instruction = (item.instruction if side == "query" else "").strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    content = []
+    if item.has_image:
+        content.append({"type": "image", "image": item.load_image(), "min_pixels": 4 * QWEN3_FACTOR ** 2,
+                        "max_pixels": 1800 * QWEN3_FACTOR ** 2})
+    if item.text:
+        content.append({"type": "text", "text": item.text})
+    return [{"role": "system", "content": [{"type": "text", "text": instruction or QWEN3VL_DEFAULT_INSTRUCTION}]},
+            {"role": "user", "content": content}]
+
+
+def qwen3_fetch_image(part: dict) -> Image.Image:
+    """qwen_vl_utils `fetch_image(part, image_patch_size=16)` (QwenLM/Qwen3-VL qwen-vl-utils vision_process.py):
+    RGB (RGBA over white), PIL-resized to `smart_resize(factor 32, the part's min / max pixels)`."""
+    image = part["image"]
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        image = background
+    else:
+        image = image.convert("RGB")
+    h, w = smart_resize(image.height, image.width, QWEN3_FACTOR, part["min_pixels"], part["max_pixels"])
+    return image.resize((w, h))
+
+
+def qwen3vl_embedding(model, processor, items, side: str = "query") -> np.ndarray:
+    """Qwen3-VL-Embedding: the last token of the chat prompt (the "\\n" after `assistant`), causal, M-RoPE, L2.
+
+    QwenLM/Qwen3-VL-Embedding src/models/qwen3_vl_embedding.py: `_preprocess_inputs`
+    (`apply_chat_template(..., add_generation_prompt=True, tokenize=False)`, `process_vision_info(...,
+    image_patch_size=16)`, `processor(text=..., images=..., do_resize=False, padding=True)` right-padded),
+    `Qwen3VLForEmbedding.forward` (`Qwen3VLModel` without position ids: transformers >= 4.57's
+    `Qwen3VLModel.get_rope_index`, which places an image that follows `<|vision_start|>` as `legacy_positions`
+    does), `_pooling_last` (last attended token), `process` (`F.normalize`).
+    """
+    rows = []
+    for item in items:
+        conversation = qwen3vl_conversation(item, side)
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        images = [qwen3_fetch_image(part) for part in conversation[1]["content"] if part["type"] == "image"]
+        inputs = (processor(text=[prompt], images=images, do_resize=False, return_tensors="pt") if images
+                  else processor(text=[prompt], return_tensors="pt"))
+        positions = legacy_positions(inputs["input_ids"][0], inputs.get("image_grid_thw"), model.config)
+        rows.append(final_states(model, inputs, positions, bidirectional=False)[-1])
+    return _normalise(rows)
+
+
+REFERENCES = {"vlm2vec": vlm2vec, "b3": b3, "cocoa": cocoa, "moca": moca, "gme": gme, "lamra": lamra,
+              "qwen3vl-embedding": qwen3vl_embedding}
 PROMPTS = {"vlm2vec": vlm2vec_prompt, "b3": lambda item, side: vlm2vec_prompt(item, side, candidate_prefix=True),
            "cocoa": vlm2vec_prompt, "moca": moca_prompt, "gme": gme_prompt}

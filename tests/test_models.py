@@ -28,7 +28,7 @@ def test_same_seed_same_weights():
 
 
 def test_unknown_backbone_lists_valid():
-    with pytest.raises(ValueError, match="tiny-qwen2.5-vl, tiny-qwen2-vl"):
+    with pytest.raises(ValueError, match="tiny-qwen2.5-vl, tiny-qwen2-vl, tiny-qwen3-vl"):
         build_tiny("tiny-llama")
 
 
@@ -71,5 +71,5 @@ def test_load_missing_checkpoint_names_path(tmp_path):
 
 def test_load_rejects_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(ValueError, match="qwen2_5_vl, qwen2_vl, qwen3_vl"):
         load_checkpoint(tmp_path)

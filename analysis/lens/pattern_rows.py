@@ -12,7 +12,8 @@ key head of h's GQA group, and the additive mask the layer received; cast back t
 Per layer, during the attention module's forward: a forward pre-hook on the Hugging Face module keeps its
 `position_embeddings` and `attention_mask` (TransformerLens' `hook_rot_q` / `hook_rot_k` exist but never fire:
 Qwen2(.5)-VL's rotary stays inside Hugging Face's forward), `blocks.{l}.attn.hook_q` keeps the queries and
-`blocks.{l}.attn.hook_k` (Hugging Face projects q, then k) computes the rows. Nothing `[L, L]` is formed.
+`blocks.{l}.attn.hook_k` (Hugging Face projects q, then k) computes the rows (for Qwen3-VL, whose q and k pass
+through per-head norms, `attn.q_norm.hook_out` / `attn.k_norm.hook_out`). Nothing `[L, L]` is formed.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class PatternRows:
         n_layers = len(self.bridge.blocks)
         handles = [block.attn.original_component.register_forward_pre_hook(partial(self._received, i), with_kwargs=True)
                    for i, block in enumerate(self.bridge.blocks)]
-        fwd_hooks = [(f"blocks.{i}.attn.hook_{kind}", partial(fn, i)) for i in range(n_layers)
-                     for kind, fn in (("q", self._queries), ("k", self._keys))]
+        # Qwen3-VL normalises q and k per head after projecting them: its rows start from the norms' outputs
+        normed = "blocks.0.attn.q_norm.hook_out" in self.bridge.hook_dict
+        names = ("q_norm.hook_out", "k_norm.hook_out") if normed else ("hook_q", "hook_k")
+        fwd_hooks = [(f"blocks.{i}.attn.{name}", partial(fn, i)) for i in range(n_layers)
+                     for name, fn in zip(names, (self._queries, self._keys))]
         try:
             with self.bridge.hooks(fwd_hooks=fwd_hooks):
                 yield self

@@ -51,7 +51,7 @@ class Qwen2VLArchitectureAdapter(ArchitectureAdapter):
         super().__init__(cfg)
         self.cfg.is_multimodal = True
         self._set_rms_rotary_defaults()
-        self.cfg.attn_implementation = "eager"  # only eager attention returns patterns
+        self.cfg.attn_implementation = "eager"  # boots eager (hook_pattern fires only there); lens.bridge.boot switches
         self.cfg.default_prepend_bos = False  # Qwen tokenizers have no BOS
         self._extract_vision_dims(cfg)
         vision = getattr(cfg, "vision_config", None)

@@ -64,14 +64,23 @@ def input_embeddings(model, batch: Batch, pixel_values: Tensor | None = None) ->
 def forward_hidden(model, batch: Batch, mask_type: str | None = None, *, attention_mask: Tensor | None = None,
                    pixel_values: Tensor | None = None, inputs_embeds: Tensor | None = None
                    ) -> Float[Tensor, "batch pos d_model"]:
-    """Last-layer (final-norm) hidden states under `mask_type` or an explicit additive `attention_mask`."""
-    if inputs_embeds is None:
-        inputs_embeds = input_embeddings(model, batch, pixel_values)
+    """Last-layer (final-norm) hidden states under `mask_type` or an explicit additive `attention_mask`.
+
+    Runs the model's own multimodal forward (so Qwen3-VL's DeepStack features are injected as when it
+    embeds), with `pixel_values` in place of the batch's (e.g. MAE-masked); given `inputs_embeds` (e.g. to
+    take gradients with respect to them), the text decoder runs on those directly.
+    """
+    core = base_model(model).model
     if attention_mask is None:
-        attention_mask = additive_mask(batch.roles, mask_type, inputs_embeds.dtype)
-    language_model = base_model(model).model.language_model
-    out = language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=batch.position_ids)
-    return out.last_hidden_state
+        dtype = inputs_embeds.dtype if inputs_embeds is not None else next(core.parameters()).dtype
+        attention_mask = additive_mask(batch.roles, mask_type, dtype)
+    if inputs_embeds is not None:
+        return core.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=batch.position_ids).last_hidden_state
+    pixel_values = batch.pixel_values if pixel_values is None else pixel_values
+    return core(input_ids=batch.input_ids, attention_mask=attention_mask, position_ids=batch.position_ids,
+                mm_token_type_ids=batch.mm_token_type_ids, pixel_values=pixel_values,
+                image_grid_thw=batch.image_grid_thw).last_hidden_state
 
 
 # -- MNTP ------------------------------------------------------------------------------------------

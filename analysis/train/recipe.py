@@ -28,7 +28,7 @@ from analysis.data.mini_mmeb import TASK_NAMES
 from analysis.errors import UsageError
 from analysis.io import read_yaml, yaml_problem
 from analysis.masks import MASK_TYPES
-from analysis.models import TINY_BACKBONES
+from analysis.models import ALL_TINY_BACKBONES
 
 STAGE_NAMES = ("pretrain", "warmup", "bridged", "contrastive")
 EMBED_MASKS = ("causal", "bidirectional")
@@ -58,7 +58,7 @@ class Backbone:
 
     @property
     def is_tiny(self) -> bool:
-        return self.name in TINY_BACKBONES
+        return self.name in ALL_TINY_BACKBONES
 
     @property
     def is_recipe(self) -> bool:
@@ -72,7 +72,7 @@ class Backbone:
         _choice(self.attn_implementation, ATTN_IMPLEMENTATIONS, f"{path}.attn_implementation")
         if not self.is_tiny and self.tiny_sizes():
             raise UsageError(f"{path}: hidden_size / num_hidden_layers / vision_width apply to the tiny backbones "
-                             f"({', '.join(TINY_BACKBONES)}) only, not to {self.name!r}")
+                             f"({', '.join(ALL_TINY_BACKBONES)}) only, not to {self.name!r}")
         for key, value in self.tiny_sizes().items():
             _positive(value, f"{path}.{key}")
 
