@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from string import Formatter
 
 from analysis.errors import UsageError
+from analysis.masks import MASK_TYPES
 
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
 BARE_IMAGE = IMAGE_PAD
@@ -82,6 +83,12 @@ class Preset:
     max_pixels: int | None = None
     normalize: bool = True
     punctuate_instruction: bool = False
+
+    def __post_init__(self) -> None:
+        for value, valid, what in ((self.attention, MASK_TYPES, "attention"), (self.pooling, POOLINGS, "pooling"),
+                                   (self.positions, POSITIONS, "positions")):
+            if value not in valid:
+                raise UsageError(f"preset {self.name!r}: unknown {what} {value!r}; valid: {', '.join(valid)}")
 
     def prompt(self, side: str) -> Prompt:
         if side not in SIDES:

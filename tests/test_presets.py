@@ -103,3 +103,10 @@ def test_preset_lookup_and_declarations():
     assert preset_for({"preset": "gme"}, None).name == "gme"
     assert preset_for({"preset": "gme"}, None, "moca").name == "moca"
     assert set(PRESETS) >= {"plain", "vlm2vec", "moca", "gme", "cocoa", "b3"}
+
+
+def test_a_preset_option_outside_the_vocabulary_is_refused():
+    with pytest.raises(UsageError, match="unknown pooling 'max'; valid: token, mean"):
+        get_preset("vlm2vec", pooling="max")
+    with pytest.raises(UsageError, match="unknown attention 'sliding'"):
+        get_preset("moca", attention="sliding")
