@@ -8,8 +8,8 @@ import sys
 from analysis import study
 from analysis.arguments import add_checkpoint_options, positive_int
 from analysis.errors import expected_errors, one_line
-from analysis.lens import command as lens_command
 from analysis.io import write_json
+from analysis.lens import command as lens_command
 from analysis.lens.sources import check_data_spec
 from analysis.masks import MASK_TYPES
 from analysis.train import command as train_command

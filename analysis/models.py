@@ -1,9 +1,9 @@
 """Embedded tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL backbones, their local tokenizer, and checkpoint save/load.
 
 `build_tiny` makes a random-initialised model from a config (nothing downloaded) with a WordLevel
-tokenizer over the synthetic world's vocabulary plus Qwen's special tokens. `load_checkpoint` opens any
-local Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory in Hugging Face format: the tiny ones saved here and real
-2B-8B checkpoints alike.
+tokenizer over the synthetic world's vocabulary plus Qwen's special tokens. `save_checkpoint` writes a
+Hugging Face directory; `analysis.checkpoints.open_checkpoint` opens any local Qwen2-VL / Qwen2.5-VL /
+Qwen3-VL directory: the tiny ones saved here and real 2B-8B checkpoints alike.
 
 `tiny-qwen3-vl` differs from the Qwen2 family where Qwen3-VL does: 16-pixel patches (an image token covers
 32x32 pixels, so its processor bounds are 64^2..128^2 pixels for the same 4..16 tokens), a learned position
@@ -13,13 +13,11 @@ tokens' residual stream after text layer 0), per-head q/k RMS norms and interlea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
-    AutoProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -164,22 +162,3 @@ def save_checkpoint(model, processor, path: str | Path, extra: dict[str, object]
     for filename, obj in (extra or {}).items():
         write_json(path / filename, obj)
     return path
-
-
-def load_checkpoint(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
-                    attn_implementation: str = "eager", trust_remote_code: bool = False):
-    """Open a local Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory: `(model, processor)`. Never reaches a hub."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: expected {config_file} (a save_pretrained directory)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in MODEL_CLASSES:
-        raise ValueError(f"{path} holds a {model_type!r} model; cocoa-lens opens: {', '.join(MODEL_CLASSES)}")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = MODEL_CLASSES[model_type].from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True,
-        trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), processor

@@ -20,7 +20,7 @@ Position schemes (`positions`):
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from string import Formatter
 
 from analysis.errors import UsageError

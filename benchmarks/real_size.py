@@ -79,9 +79,8 @@ def main() -> None:
     opened = open_checkpoint(path, dtype=args.dtype, device=args.device)
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_gb()
-    from sklearn.datasets import load_sample_images
-
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     photo = Image.fromarray(load_sample_images().images[0])
     item = Item("a temple in the photograph", photo, instruction="Represent the given image.")

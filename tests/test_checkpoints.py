@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from analysis.checkpoints import open_checkpoint, parse_device, parse_dtype
+from analysis.data.items import Item
 from analysis.errors import UsageError
 from analysis.inputs import encode
-from analysis.data.items import Item
 from analysis.models import build_tiny, save_checkpoint
 
 

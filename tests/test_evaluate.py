@@ -33,8 +33,8 @@ def mmeb_dir(tmp_path_factory):
     rows = {"MSCOCO_i2t": [dict(qry_text="<|image_1|>\nselect the caption", qry_img_path=f"images/{n}",
                                 tgt_text=[caption[c] for c in rotated(n)], tgt_img_path=[""] * 3) for n in names],
             "MSCOCO_t2i": [dict(qry_text=f"select the image {caption[n]}", qry_img_path="",
-                                tgt_text=["<|image_1|>\nthe image"] * 3, tgt_img_path=[f"images/{c}" for c in rotated(n)])
-                           for n in names]}
+                                tgt_text=["<|image_1|>\nthe image"] * 3,
+                                tgt_img_path=[f"images/{c}" for c in rotated(n)]) for n in names]}
     for dataset, records in rows.items():
         (root / dataset).mkdir()
         (root / dataset / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -11,26 +11,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from mixed import mixed_batch
 
-from analysis.data import build_mini_mmeb
-from analysis.data.items import Item
 from analysis.embed import eos_states
-from analysis.inputs import encode
 from analysis.lens import boot, run_batch
 from analysis.masks import MASK_TYPES, PAD, B
 from analysis.models import TINY_BACKBONES
 
 TOL = 1e-5
 
-
-
-def mixed_batch(processor, model):
-    """4 samples: image+text with B, text-only without B, a 56px crop (other grid) with B, image+text with B."""
-    i2t, t2i, ground = build_mini_mmeb(2, tasks=("ShapesI2T", "ShapesT2I", "ShapesGround"), splits=("ind",))
-    crop = ground.examples[0].candidates[0]
-    items = [i2t.examples[0].query, t2i.examples[0].query, Item("", crop.image, key="crop"), i2t.examples[1].query]
-    targets = [i2t.examples[0].positive.text, "", "a red circle", i2t.examples[1].positive.text]
-    return encode(processor, model, items, targets)
 
 
 @pytest.fixture(scope="module")

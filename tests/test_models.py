@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
+from analysis.checkpoints import open_checkpoint
 from analysis.data import build_mini_mmeb
 from analysis.embed import embed_items
-from analysis.models import TINY_BACKBONES, build_tiny, load_checkpoint, save_checkpoint
+from analysis.errors import UsageError
+from analysis.models import TINY_BACKBONES, build_tiny, save_checkpoint
 
 
 def test_tiny_backbones_are_small_and_typed(tiny):
@@ -56,7 +58,8 @@ def test_save_load_round_trip(tiny, tmp_path):
     save_checkpoint(model, processor, tmp_path / "ckpt", extra={"recipe.json": {"seed": 0}})
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "ckpt" / "recipe.json").read_text()) == {"seed": 0}
-    loaded, loaded_processor = load_checkpoint(tmp_path / "ckpt")
+    opened = open_checkpoint(tmp_path / "ckpt")
+    loaded, loaded_processor = opened.model, opened.processor
     assert type(loaded) is type(model)
     items = [ex.query for ex in build_mini_mmeb(3, tasks=("ShapesI2T", "ShapesT2I"))[0].examples]
     for mask in ("causal", "eos_bridged"):
@@ -65,11 +68,11 @@ def test_save_load_round_trip(tiny, tmp_path):
 
 
 def test_load_missing_checkpoint_names_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=str(tmp_path / "nowhere")):
+        open_checkpoint(tmp_path / "nowhere")
 
 
 def test_load_rejects_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="qwen2_5_vl, qwen2_vl, qwen3_vl"):
-        load_checkpoint(tmp_path)
+    with pytest.raises(UsageError, match="qwen2_5_vl, qwen2_vl, qwen3_vl"):
+        open_checkpoint(tmp_path)

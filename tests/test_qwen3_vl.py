@@ -13,16 +13,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from mixed import mixed_batch
 from PIL import Image
 
 from analysis.cli import main
-from analysis.data import build_mini_mmeb
-from analysis.data.items import Item
 from analysis.embed import eos_states
-from analysis.inputs import encode
 from analysis.lens import boot, run_batch
 from analysis.masks import MASK_TYPES, PAD, B, rope_position_ids
-from analysis.models import ALL_TINY_BACKBONES, TINY_BACKBONES, build_tiny, load_checkpoint, save_checkpoint
+from analysis.models import ALL_TINY_BACKBONES, TINY_BACKBONES, build_tiny, save_checkpoint
 
 TOL = 1e-5
 NAME = "tiny-qwen3-vl"
@@ -31,15 +29,6 @@ NAME = "tiny-qwen3-vl"
 @pytest.fixture(scope="module")
 def qwen3():
     return build_tiny(NAME, seed=0)
-
-
-def mixed_batch(processor, model):
-    """4 samples: image+text with B, text-only without B, a 56px crop (other grid) with B, image+text with B."""
-    i2t, t2i, ground = build_mini_mmeb(2, tasks=("ShapesI2T", "ShapesT2I", "ShapesGround"), splits=("ind",))
-    crop = ground.examples[0].candidates[0]
-    items = [i2t.examples[0].query, t2i.examples[0].query, Item("", crop.image, key="crop"), i2t.examples[1].query]
-    targets = [i2t.examples[0].positive.text, "", "a red circle", i2t.examples[1].positive.text]
-    return encode(processor, model, items, targets)
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +165,14 @@ def test_save_load_round_trip(qwen3, tmp_path):
 
     model, processor = qwen3
     save_checkpoint(model, processor, tmp_path / "ckpt")
-    loaded, loaded_processor = load_checkpoint(tmp_path / "ckpt")
+    opened = open_checkpoint(tmp_path / "ckpt")
+    loaded, loaded_processor = opened.model, opened.processor
     assert type(loaded) is type(model) and type(loaded_processor) is type(processor)
     assert loaded_processor.image_processor.patch_size == 16
     batch = mixed_batch(processor, model)
     with torch.no_grad():
         assert torch.equal(eos_states(model, batch, "eos_bridged"), eos_states(loaded, batch, "eos_bridged"))
-    assert open_checkpoint(tmp_path / "ckpt").model.config.model_type == "qwen3_vl"
+    assert loaded.config.model_type == "qwen3_vl"
 
 
 def test_open_checkpoint_knows_the_tiny_name():

@@ -25,6 +25,9 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from analysis.checkpoints import open_checkpoint
+from analysis.digest import weights_digest
+from analysis.embed import pooled
 from analysis.inputs import Batch, encode
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.pattern_rows import PatternRows
@@ -32,9 +35,6 @@ from analysis.lens.sources import samples
 from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
 from analysis.lens.validate import check_batch
 from analysis.masks import PAD, A, B, check_mask_type
-from analysis.checkpoints import open_checkpoint
-from analysis.digest import weights_digest
-from analysis.embed import pooled
 from analysis.presets import Preset, get_preset
 
 
