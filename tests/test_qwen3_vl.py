@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from mixed import mixed_batch
+from mixed import assert_full_capture_equals_hugging_face, mixed_batch
 from PIL import Image
 
 from analysis.cli import main
@@ -91,27 +91,7 @@ def test_batch_exercises_images_b_and_padding(setup):
 @pytest.mark.parametrize("mask_type", MASK_TYPES)
 def test_patterns_and_eos_states_equal_hugging_face(setup, mask_type):
     reference, bridge, batch = setup
-    with torch.no_grad():
-        hf = reference(**batch.model_inputs(mask_type), output_attentions=True, output_hidden_states=True)
-    captured = run_batch(bridge, batch, mask_type, patterns="full")
-    n_layers = len(hf.attentions)
-    norm = reference.model.language_model.norm
-    for i, sample in enumerate(captured):
-        n, eos = len(sample["roles"]), sample["eos_index"]
-        full_rows = torch.stack(hf.attentions)[:, i, :, :n, :]  # [layers, heads, n, L]
-        assert (full_rows[..., n:] == 0).all()
-        torch.testing.assert_close(torch.from_numpy(sample["pattern"]), full_rows[..., :n], atol=TOL, rtol=0)
-        raw = torch.stack([h[i, eos] for h in hf.hidden_states[:n_layers]])
-        torch.testing.assert_close(torch.from_numpy(sample["eos_resid"][:n_layers]), raw, atol=TOL, rtol=0)
-        with torch.no_grad():
-            renormed = norm(torch.from_numpy(sample["eos_resid"][n_layers]))
-        torch.testing.assert_close(renormed, hf.hidden_states[-1][i, eos], atol=TOL, rtol=0)
-        torch.testing.assert_close(torch.from_numpy(sample["eos_final"]), hf.hidden_states[-1][i, eos],
-                                   atol=TOL, rtol=0)
-    with torch.no_grad():
-        embedding = eos_states(reference, batch, mask_type)
-    torch.testing.assert_close(torch.from_numpy(np.stack([s["eos_final"] for s in captured])), embedding,
-                               atol=TOL, rtol=0)
+    assert_full_capture_equals_hugging_face(reference, bridge, batch, mask_type, TOL)
 
 
 @pytest.mark.parametrize("mask_type", MASK_TYPES)
