@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: study test lab bench venv clean
+.PHONY: study test browser-test lab bench venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the compare widgets in JupyterLab, driven in headless Chromium (Debian's /usr/bin/chromium; nothing downloaded)
+browser-test: $(STAMP)
+	$(PY) -m pytest -q -m browser tests/browser
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

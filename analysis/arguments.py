@@ -22,11 +22,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 positive_int, nonnegative_int = at_least(1), at_least(0)
+DTYPE_NAMES = ["float32", "float16", "bfloat16"]  # torch dtypes a checkpoint may be loaded in
 
 
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
-    """--checkpoint, --base, --preset, --dtype, --device: how every loading command opens a checkpoint."""
-    from analysis.checkpoints import DTYPES
+    """--checkpoint, --base, --preset, --dtype, --device, --device-map: how every loading command opens a checkpoint."""
     from analysis.presets import PRESETS
 
     p.add_argument("--checkpoint", default="tiny-qwen2.5-vl",
@@ -35,5 +35,9 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
                    help=f"embedder preset, one of: {', '.join(PRESETS)} (default: what the checkpoint declares, "
                         f"else plain)")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="load dtype (default float32)")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1 (default cpu)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="load dtype (default float32)")
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1 (default cpu; under torchrun cuda means "
+                                                  "each rank's own GPU)")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="split a model larger than one device over the visible devices: 'auto' (Hugging Face "
+                        "accelerate's device_map; replaces --device)")

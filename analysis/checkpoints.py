@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from analysis.arguments import DTYPE_NAMES
 from analysis.errors import UsageError
 from analysis.models import ALL_TINY_BACKBONES, MODEL_CLASSES, build_tiny
 from analysis.presets import Preset, preset_for
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 CONFIG, ADAPTER_CONFIG, PRESET_FILE, RECIPE_FILE = "config.json", "adapter_config.json", "preset.json", "recipe.yaml"
 
 
@@ -129,9 +130,19 @@ def quiet_hf():
 
 
 def open_checkpoint(source, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-                    base: str | Path | None = None, attn_implementation: str = "eager", seed: int = 0) -> Opened:
-    """Open `source` (see the module docstring) in `dtype` (default float32) on `device` (default cpu)."""
+                    base: str | Path | None = None, attn_implementation: str = "eager", seed: int = 0,
+                    device_map: str | dict | None = None) -> Opened:
+    """Open `source` (see the module docstring) in `dtype` (default float32) on `device` (default cpu).
+
+    `device_map` ("auto", or a Hugging Face device map) splits a checkpoint directory's model over the
+    visible devices as `from_pretrained` places it, instead of moving it whole to `device`.
+    """
     dtype, dev = parse_dtype(dtype) or torch.float32, parse_device(device)
+    if device_map is not None and device is not None:
+        raise UsageError(f"--device {device} and --device-map {device_map} both place the model: give one of them")
+    if device_map is not None and str(source) in ALL_TINY_BACKBONES:
+        raise UsageError(f"--device-map applies to checkpoint directories; {source} is a tiny backbone that fits one "
+                         f"device: use --device")
     if str(source) in ALL_TINY_BACKBONES:
         model, processor = build_tiny(str(source), seed=seed, attn_implementation=attn_implementation)
         return Opened(model.to(dev, dtype=dtype), processor, f"{source} (random init, seed {seed})")
@@ -144,14 +155,15 @@ def open_checkpoint(source, *, dtype: torch.dtype | str | None = None, device: s
     if (path / ADAPTER_CONFIG).is_file():
         base_dir = _adapter_base(path, base)
         with quiet_hf():
-            model, processor = _open_adapter(path, base_dir, dtype, attn_implementation)
+            model, processor = _open_adapter(path, base_dir, dtype, attn_implementation, device_map)
     elif (path / CONFIG).is_file():
         with quiet_hf():
-            model, processor = _open_full(path, dtype, attn_implementation)
+            model, processor = _open_full(path, dtype, attn_implementation, device_map)
     else:
         raise UsageError(f"{path} holds neither {CONFIG} nor {ADAPTER_CONFIG}: not a checkpoint directory")
     declared = read_json_file(path / PRESET_FILE) if (path / PRESET_FILE).is_file() else {}
-    return Opened(model.to(dev).eval(), processor, str(path.resolve()), path, base_dir, declared, _recipe(path))
+    model = model if device_map is not None else model.to(dev)  # a dispatched model stays where it was put
+    return Opened(model.eval(), processor, str(path.resolve()), path, base_dir, declared, _recipe(path))
 
 
 def _recipe(path: Path) -> dict | None:
@@ -178,9 +190,10 @@ def _processor(*directories: Path):
                      f"save the processor beside the weights (processor.save_pretrained)")
 
 
-def _open_full(path: Path, dtype: torch.dtype, attn_implementation: str):
+def _open_full(path: Path, dtype: torch.dtype, attn_implementation: str, device_map=None):
+    placed = {} if device_map is None else {"device_map": device_map}
     model = _model_class(path).from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                               local_files_only=True)
+                                               local_files_only=True, **placed)
     return model, _processor(path)
 
 
@@ -200,10 +213,10 @@ def _adapter_base(path: Path, base: str | Path | None) -> Path:
     return base_dir
 
 
-def _open_adapter(path: Path, base_dir: Path, dtype: torch.dtype, attn_implementation: str):
+def _open_adapter(path: Path, base_dir: Path, dtype: torch.dtype, attn_implementation: str, device_map=None):
     from peft import PeftModel
 
-    model, processor = _open_full(base_dir, dtype, attn_implementation)
+    model, processor = _open_full(base_dir, dtype, attn_implementation, device_map)
     if any((path / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
         processor = _processor(path)
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), processor

@@ -10,13 +10,17 @@ Every token position has a role: `A` (content being embedded), `EOS` (embedding 
 
 `causal` is key <= query among non-PAD, `bidirectional` every non-PAD pair. PAD keys are never
 attended; a PAD query attends only to itself, so no softmax row is empty.
+
+The names and `check_mask_type` need no torch (the command line and the presets import them): torch is
+imported by the functions that build tensors.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ROLES = ("A", "EOS", "B", "PAD")
 A, EOS, B, PAD = range(4)
@@ -31,6 +35,8 @@ def check_mask_type(mask_type: str) -> str:
 
 def role_ids(roles: Sequence[str] | torch.Tensor) -> torch.Tensor:
     """Role names (or ids) `[L]` / `[B, L]` -> int64 ids with A=0, EOS=1, B=2, PAD=3."""
+    import torch
+
     if isinstance(roles, torch.Tensor):
         ids = roles.long()
     elif len(roles) and not isinstance(roles[0], str):
@@ -47,6 +53,8 @@ def role_ids(roles: Sequence[str] | torch.Tensor) -> torch.Tensor:
 
 def _allowed(ids: torch.Tensor, mask_type: str) -> torch.Tensor:
     """Role ids `[..., L]` -> BoolTensor `[..., L, L]` (query, key)."""
+    import torch
+
     q, k = ids.unsqueeze(-1), ids.unsqueeze(-2)
     L = ids.shape[-1]
     ok = (q != PAD) & (k != PAD)
@@ -70,8 +78,12 @@ def allowed(roles: Sequence[str] | torch.Tensor, mask_type: str) -> torch.Tensor
 
 
 def additive_mask(roles_batch: Sequence[Sequence[str]] | torch.Tensor, mask_type: str,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Float `[B, 1, L, L]`: 0 where allowed, `torch.finfo(dtype).min` where not (HF eager/sdpa form)."""
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Float `[B, 1, L, L]` (dtype None: float32): 0 where allowed, `torch.finfo(dtype).min` where not (HF
+    eager/sdpa form)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     check_mask_type(mask_type)
     ids = role_ids(roles_batch)
     if ids.ndim != 2:

@@ -8,6 +8,7 @@ or path stem; when given, ``<stem>.png`` and ``<stem>.svg`` are written atomical
 from __future__ import annotations
 
 import os
+import textwrap
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,10 @@ ROLE_COLOURS = {
     "PAD": "#BBBBBB",
 }
 
+# How every figure counts layers: the residual stream's layer 0 is the embeddings, layer l the output of block l
+# (1-based), so a model of L blocks has layers 0..L, and the attention of layer l is block l's.
+LAYER_AXIS = "layer (0 = embeddings)"
+
 HOUSE_STYLE = {
     **sns.axes_style("ticks"),
     **sns.plotting_context("notebook", font_scale=0.9),
@@ -55,6 +60,11 @@ def _label_colours(labels: Sequence[Hashable]) -> dict[Hashable, str | tuple]:
     unknown = [lab for lab in dict.fromkeys(labels) if lab not in ROLE_COLOURS]
     palette = dict(zip(unknown, sns.color_palette("Set2", max(len(unknown), 1))))
     return {lab: ROLE_COLOURS.get(lab, palette.get(lab)) for lab in dict.fromkeys(labels)}
+
+
+def _wrap(title: str, width: int) -> str:
+    """A title wrapped to lines of at most `width` characters (a narrow figure never cuts it off)."""
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -86,13 +96,18 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
 
 
 def attention_heatmap(
-    pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None
+    pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None,
+    image: Sequence[bool] | None = None,
 ) -> Figure:
     """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``;
-    roles or segment labels) along the keys (top) and queries (right), and a role legend."""
+    roles or segment labels) along the keys (top) and queries (right), and a role legend.
+    ``image`` (length ``q``, True at the image tokens) frames the image block: dashed lines around its keys and
+    queries, labelled "image tokens"."""
     p = as_numpy(pattern)
     if p.ndim != 2 or p.shape[0] != p.shape[1] or len(roles) != p.shape[0]:
         raise ValueError(f"pattern must be [q, q] with q = len(roles); got {p.shape} and {len(roles)} roles")
+    if image is not None and len(image) != p.shape[0]:
+        raise ValueError(f"image flags must be length {p.shape[0]}, got {len(image)}")
     with house_style():
         if ax is None:
             fig, ax = _figure((5.6, 4.8))
@@ -102,15 +117,40 @@ def attention_heatmap(
         fig.colorbar(im, ax=ax, label="attention", pad=0.08)
         colours = _label_colours(roles)
         band = np.array([to_rgb(colours[r]) for r in roles])[None]  # [1, q, 3]
-        for bounds, image in (([0, 1.01, 1, 0.035], band), ([1.01, 0, 0.035, 1], band.transpose(1, 0, 2))):
+        for bounds, strip in (([0, 1.01, 1, 0.035], band), ([1.01, 0, 0.035, 1], band.transpose(1, 0, 2))):
             band_ax = ax.inset_axes(bounds)
-            band_ax.imshow(image, aspect="auto", interpolation="nearest")
+            band_ax.imshow(strip, aspect="auto", interpolation="nearest")
             band_ax.set_axis_off()
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-        ax.set_title(title, pad=14)
+        ax.set_title(_wrap(title, 60), pad=14)
         handles = [Patch(color=c, label=r) for r, c in colours.items()]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(handles), frameon=False)
+        flags = np.flatnonzero(np.asarray(image if image is not None else [], dtype=bool))
+        if flags.size:
+            lo, hi = flags.min() - 0.5, flags.max() + 0.5
+            for edge in (lo, hi):
+                ax.axvline(edge, color="white", linestyle="--", linewidth=1.0)
+                ax.axhline(edge, color="white", linestyle="--", linewidth=1.0)
+            ax.text((lo + hi) / 2, hi + 0.3, "image tokens", color="white", ha="center", va="top", fontsize=8,
+                    fontweight="bold")
+            handles.append(Line2D([], [], color="grey", linestyle="--", label="image tokens"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(handles), 4),
+                  frameon=False)
+        return _finish(fig, save)
+
+
+def attention_pair(panels: Sequence[Mapping], title: str | None = None, save=None) -> Figure:
+    """Attention maps side by side, one per panel: ``{"pattern": [q, q], "roles", "title"}`` and optionally
+    ``"image"`` (image-token flags), each drawn as `attention_heatmap` draws one."""
+    if not panels:
+        raise ValueError("no attention maps to draw")
+    with house_style():
+        fig = Figure(figsize=(6.2 * len(panels), 5.8), layout="constrained")
+        for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+            attention_heatmap(panel["pattern"], panel["roles"], title=panel.get("title", "Attention"), ax=ax,
+                              image=panel.get("image"))
+        if title:
+            fig.suptitle(_wrap(title, 110), fontweight="bold")
         return _finish(fig, save)
 
 
@@ -118,23 +158,31 @@ def rollout_on_image(
     scores, grid_hw: tuple[int, int], image=None, title: str = "EOS attention on image", save=None
 ) -> Figure:
     """EOS rollout/attention onto the image tokens ``[h * w]`` shown on the merged patch grid
-    ``grid_hw = (h, w)``, overlaid on ``image`` (PIL image or ``[H, W(, C)]`` array) when given."""
+    ``grid_hw = (h, w)``, overlaid on ``image`` (PIL image or ``[H, W(, C)]`` array) when given: the input
+    image beside the same image under the rollout, so the picture is seen unobscured too."""
     s = as_numpy(scores).reshape(-1)
     h, w = grid_hw
     if s.size != h * w:
         raise ValueError(f"{s.size} scores do not fill a {h}x{w} grid")
     with house_style():
-        fig, ax = _figure((4.4, 4.0))
         if image is None:
+            fig, ax = _figure((4.6, 4.4))
             im = ax.imshow(s.reshape(h, w), cmap="inferno", interpolation="nearest")
+            ax.set_title(f"image-token grid {h}x{w} (no image at hand)", fontsize=8)
         else:
+            fig = Figure(figsize=(7.6, 4.2), layout="constrained")
+            bare, ax = fig.subplots(1, 2)
             pixels = np.asarray(image)
             extent = (0, pixels.shape[1], pixels.shape[0], 0)
+            bare.imshow(pixels, extent=extent)
+            bare.set_title("input image", fontsize=9)
+            bare.set_axis_off()
             ax.imshow(pixels, extent=extent)
-            im = ax.imshow(s.reshape(h, w), cmap="inferno", alpha=0.55, extent=extent, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="attention").solids.set_alpha(1.0)
+            im = ax.imshow(s.reshape(h, w), cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+            ax.set_title(f"rollout on its {h}x{w} image-token grid", fontsize=9)
+        fig.colorbar(im, ax=ax, label="share of EOS's final state").solids.set_alpha(1.0)
         ax.set_axis_off()
-        ax.set_title(title)
+        fig.suptitle(_wrap(title, 70), fontweight="bold")
         return _finish(fig, save)
 
 
@@ -146,8 +194,9 @@ def segment_budget(
 ) -> Figure:
     """Stacked bars per layer of how the EOS attention splits over segments.
 
-    budget: ``{segment: [layers]}`` (e.g. ``SegmentMass.budget("EOS")``) or ``[layers, n_segments]``
-    with ``names`` (length ``n_segments``).
+    budget: ``{segment: [blocks]}`` (e.g. ``SegmentMass.budget("EOS")``) or ``[blocks, n_segments]``
+    with ``names`` (length ``n_segments``); entry ``i`` is block ``i``'s attention, drawn at layer ``i + 1``
+    (``LAYER_AXIS``: layer 0 is the embeddings, which attend nowhere).
     """
     if isinstance(budget, Mapping):
         names = list(budget)
@@ -157,7 +206,7 @@ def segment_budget(
         if names is None or len(names) != values.shape[0]:
             raise ValueError(f"an array budget [layers, n_segments={values.shape[0]}] needs as many names")
     values = np.nan_to_num(values)  # [n_segments, layers]
-    layers = np.arange(values.shape[1])
+    layers = np.arange(1, values.shape[1] + 1)
     colours = _label_colours(names)
     with house_style():
         fig, ax = _figure((5.6, 3.6))
@@ -166,18 +215,19 @@ def segment_budget(
             ax.bar(layers, row, bottom=bottom, color=colours[name], label=name, width=0.8)
             bottom += row
         ax.set_xticks(layers)
-        ax.set_xlabel("layer")
+        ax.set_xlabel(f"{LAYER_AXIS}: its attention")
         ax.set_ylabel("share of attention")
         ax.set_ylim(0, max(1.0, float(bottom.max())))
-        ax.set_title(title)
+        ax.set_title(_wrap(title, 60))
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return _finish(fig, save)
 
 
 def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes per layer", save=None) -> Figure:
-    """Cross-validated probe accuracy per layer (line, ±1 sd band) and control-task accuracy
-    (dashed) for each entry of ``results`` (``{attribute or checkpoint: LayerProbe results}``);
-    entries ``{"skipped": reason}`` are listed under the plot."""
+    """Cross-validated probe accuracy per layer (line, ±1 sd band), control-task accuracy (dashed) and
+    chance, the majority-class rate (dotted, where the results give ``chance``), for each entry of ``results``
+    (``{attribute or checkpoint: LayerProbe results}``); entries ``{"skipped": reason}`` are listed under
+    the plot. Layers as ``LAYER_AXIS`` counts them (0 = embeddings)."""
     shown = {k: r for k, r in results.items() if "skipped" not in r}
     if not shown:
         raise ValueError("no probe results to plot: every entry was skipped")
@@ -189,14 +239,18 @@ def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes p
             ax.plot(layers, acc, marker="o", color=colour, label=name)
             ax.fill_between(layers, acc - sd, acc + sd, color=colour, alpha=0.2, linewidth=0)
             ax.plot(layers, np.asarray(res["control"]), linestyle="--", color=colour)
+            if res.get("chance") is not None:
+                ax.axhline(float(res["chance"]), linestyle=":", color=colour, linewidth=1.2)
         handles, _ = ax.get_legend_handles_labels()
         handles.append(Line2D([], [], color="grey", linestyle="--", label="control task"))
+        if any(r.get("chance") is not None for r in shown.values()):
+            handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (majority class)"))
         ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_xticks(np.arange(max(len(r["accuracy"]) for r in shown.values())))
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel("layer")
+        ax.set_xlabel(LAYER_AXIS)
         ax.set_ylabel("CV accuracy")
-        ax.set_title(title)
+        ax.set_title(_wrap(title, 60))
         skipped = [f"{k} ({r['skipped']})" for k, r in results.items() if "skipped" in r]
         if skipped:
             fig.text(0.01, -0.02, "skipped: " + "; ".join(skipped), fontsize=7, va="top")
@@ -237,15 +291,24 @@ def umap_scatter(
 
 def cka_heatmap(matrix, names: tuple[str, str] = ("a", "b"), title: str = "Linear CKA", save=None) -> Figure:
     """Layer-by-layer CKA ``[La, Lb]`` between checkpoints ``names[0]`` (rows) and ``names[1]``
-    (columns); cells annotated when both sides have at most 12 layers."""
+    (columns), layers as ``LAYER_AXIS`` counts them; cells annotated when both sides have at most 12 layers.
+    Undefined cells (NaN: a layer constant across the inputs, such as the EOS token's embedding at layer 0) are
+    left blank, and a note under the map says which layers."""
     m = as_numpy(matrix)
     with house_style():
-        fig, ax = _figure((5.0, 4.2))
+        fig, ax = _figure((5.4, 4.6))
         annotate = max(m.shape) <= 12
-        sns.heatmap(m, ax=ax, vmin=0, vmax=1, cmap="magma", annot=annotate, fmt=".2f", cbar_kws={"label": "CKA"})
-        ax.set_ylabel(f"{names[0]} layer")
-        ax.set_xlabel(f"{names[1]} layer")
-        ax.set_title(title)
+        sns.heatmap(m, ax=ax, vmin=0, vmax=1, cmap="magma", annot=annotate, fmt=".2f", cbar_kws={"label": "CKA"},
+                    mask=np.isnan(m))
+        ax.set_ylabel(f"{names[0]}: {LAYER_AXIS}")
+        ax.set_xlabel(f"{names[1]}: {LAYER_AXIS}")
+        ax.set_title(_wrap(title, 55))
+        blank_rows = [i for i in range(m.shape[0]) if np.isnan(m[i]).all()]
+        blank_cols = [j for j in range(m.shape[1]) if np.isnan(m[:, j]).all()]
+        if blank_rows or blank_cols:
+            which = sorted(set(blank_rows) | set(blank_cols))
+            fig.text(0.01, -0.01, f"blank: CKA undefined at layer {', '.join(map(str, which))} (the same state for "
+                     "every input: nothing to compare)", fontsize=7, va="top")
         return _finish(fig, save)
 
 
@@ -346,7 +409,7 @@ def probe_bars(
 
 def _layer_axis(ax: Axes, n_layers: int) -> None:
     ax.set_xticks(np.arange(n_layers))
-    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_xlabel(LAYER_AXIS)
 
 
 def layerwise_curves(results: Mapping[str, Mapping], title: str = "Retrieval by layer", save=None) -> Figure:
@@ -424,7 +487,7 @@ def lens_rank_heatmap(ranks, tokens: Sequence[str], title: str = "EOS lens: rank
         sns.heatmap(np.log10(r), ax=ax, cmap="rocket", annot=r.astype(int) if len(tokens) <= 20 else False, fmt="d",
                     xticklabels=list(tokens), cbar_kws={"label": "log10 rank"}, vmin=0)
         ax.set_xlabel("target token")
-        ax.set_ylabel("layer (0 = embeddings)")
+        ax.set_ylabel(LAYER_AXIS)
         ax.set_title(title)
         return _finish(fig, save)
 
@@ -459,13 +522,14 @@ def window_knockout_heatmap(sweep: Mapping, value: str = "drop_tie_robust",
     key = "overall_tie_robust" if robust else "overall"
     table = np.array([[*sweep["flows"][f][value], sweep["base"][key] - sweep["flows"][f]["all_layers"][key]]
                       for f in flows])
-    columns = [f"{w[0]}-{w[-1]}" if len(w) > 1 else str(w[0]) for w in sweep["windows"]] + ["all"]
+    # windows hold 0-based block indices; shown as LAYER_AXIS counts layers (block i is layer i + 1)
+    columns = [f"{w[0] + 1}-{w[-1] + 1}" if len(w) > 1 else str(w[0] + 1) for w in sweep["windows"]] + ["all"]
     limit = max(float(np.abs(table).max()), 1e-3)
     with house_style():
         fig, ax = _figure((0.9 * len(columns) + 2.6, 0.6 * len(flows) + 1.8))
         sns.heatmap(table, ax=ax, cmap="vlag", vmin=-limit, vmax=limit, annot=True, fmt=".2f", xticklabels=columns,
                     yticklabels=flows, cbar_kws={"label": f"P@1 drop{' (ties split)' if robust else ''}"})
-        ax.set_xlabel("layers cut")
+        ax.set_xlabel(f"layers cut ({LAYER_AXIS}, so blocks count from 1)")
         ax.set_ylabel("flow cut")
         ax.set_title(f"{title} ({sweep['mask_type']})")
         return _finish(fig, save)

@@ -6,6 +6,9 @@ table shows the tie-robust P@1 (ties split evenly) and the number of tied querie
 embeddings are degenerate. An sd needs two seeds: with one, tables show the mean alone and JSON holds
 null (`mean_sd`). `collect_scores`, `ablation_table`, `markdown_table`, `grid_values`, `degenerate_notes`,
 `collect_probes` and `probe_table` are shared with `notebooks/ablation_summary.ipynb`.
+
+The report reads a study folder through `StudyDir` and a `RunLog` (what one run of the study did); it imports
+nothing of the study runner.
 """
 
 from __future__ import annotations
@@ -13,18 +16,16 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from analysis.io import atomic_write_text, read_json, write_json
+from analysis.io import atomic_write_text, write_json
 from analysis.metrics.retrieval import DEGENERATE_SPREAD, is_degenerate, mmeb_scores
+from analysis.study_dir import STUDY_FILE, RunDir, StudyDir  # noqa: F401 - STUDY_FILE: re-exported
 
-if TYPE_CHECKING:
-    from analysis.study import Study
-
-STUDY_FILE = "study.json"
+STATUSES = ("done", "skipped", "failed", "cancelled")
 COLUMNS = (("overall", "overall"), ("overall, ties split", "overall_tie_robust"), ("tied queries", "ties"),
            ("IND", "split.ind"), ("IND, ties split", "split_tie_robust.ind"), ("OOD", "split.ood"),
            ("cls", "meta_task.classification"), ("vqa", "meta_task.vqa"), ("ret", "meta_task.retrieval"),
@@ -32,6 +33,42 @@ COLUMNS = (("overall", "overall"), ("overall, ties split", "overall_tie_robust")
 # (notebook, figure stem, per run): per-run figures are shown for the compared cells under each cell's own mask
 KEY_FIGURES = (("attention_flow", "eos_budget", True), ("eos_probing", "probing_curves", True),
                ("embedding_umap", "umap", True), ("compare_checkpoints", "cka", False))
+
+
+@dataclass
+class Outcome:
+    """What happened to one job of a study run."""
+
+    step: str
+    target: str
+    status: str  # done | skipped | failed | cancelled (not started: an earlier job failed, no --keep-going)
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class RunLog:
+    """What one run of the study did, for its report.
+
+    outcomes: every job's `Outcome`. steps: `{step: {busy, span, jobs}}`, the last measured time of each step that
+    had work (busy: summed job seconds; span: first start to last end; steps overlap, they are pipelined).
+    seconds: this run's wall time; wall: the wall time of the last run that had work. stopped: no job started
+    after the first failure.
+    """
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    steps: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: bool = False
+    wall: float | None = None
+    workers: int = 1
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
 
 
 def summarise(records: list[dict]) -> dict[str, float]:
@@ -48,48 +85,46 @@ def summarise(records: list[dict]) -> dict[str, float]:
     return flat
 
 
-def _runs(study_dir: Path) -> Iterator[tuple[dict, int, str]]:
-    """`(cell, seed, run name)` for every run a study directory's `study.json` lists."""
-    spec = read_json(study_dir / STUDY_FILE)
-    if spec is None:
-        raise FileNotFoundError(f"{study_dir / STUDY_FILE} is missing: is {study_dir} a study directory written by "
-                                "`cocoa-lens study`?")
-    for cell in spec["cells"]:
-        for seed in spec["seeds"]:
-            yield cell, seed, f"{cell['name']}-s{seed}"
+def _study_dir(study_dir: StudyDir | str | Path) -> StudyDir:
+    return study_dir if isinstance(study_dir, StudyDir) else StudyDir(study_dir)
 
 
-def collect_scores(study_dir: str | Path) -> list[dict]:
-    """One row per trained and scored checkpoint of a study: cell, mask type, λ, seed, its score summary, its
-    `embedding_spread` (NaN when not recorded) and whether that spread says `degenerate`."""
-    study_dir = Path(study_dir)
+def _runs(study_dir: StudyDir | str | Path) -> list[RunDir]:
+    """Every run a study folder's `study.json` lists, cell by cell, seeds ascending."""
+    return _study_dir(study_dir).runs()
+
+
+def collect_scores(study_dir: StudyDir | str | Path) -> list[dict]:
+    """One row per trained and scored checkpoint of a study (a `StudyDir` or its path): cell, mask type, λ, seed,
+    its score summary, its `embedding_spread` (NaN when not recorded) and whether that spread says `degenerate`."""
     rows = []
-    for cell, seed, name in _runs(study_dir):
-        scores = read_json(study_dir / "checkpoints" / name / "scores.json")
+    for run in _runs(study_dir):
+        scores = run.scores()
         if scores is not None and "datasets" in scores:
             spread = scores.get("embedding_spread", math.nan)
-            rows.append(dict(cell=cell["name"], mask_type=cell["mask_type"], recon_weight=cell["recon_weight"],
-                             note=cell.get("note", ""), seed=seed, embedding_spread=spread,
-                             degenerate=is_degenerate(spread), **summarise(scores["datasets"])))
+            rows.append(dict(cell=run.cell, mask_type=run.mask_type, recon_weight=run.recon_weight, note=run.note,
+                             seed=run.seed, embedding_spread=spread, degenerate=is_degenerate(spread),
+                             **summarise(scores["datasets"])))
     return rows
 
 
-def collect_probes(study_dir: str | Path) -> list[dict]:
+def collect_probes(study_dir: StudyDir | str | Path) -> list[dict]:
     """One row per (captured checkpoint, attribute) from the `eos_probing` notebooks, read under the cell's
     own mask type at the last layer: `{cell, seed, mask_type, recon_weight, attribute, eos, selectivity,
-    content, chance}` (`eos`: EOS-state probe accuracy; `content`: the mean-pooled A-token reference)."""
-    study_dir = Path(study_dir)
+    content, chance, selectivity_by_layer}` (`eos`: EOS-state probe accuracy; `content`: the mean-pooled A-token
+    reference; `selectivity_by_layer`: [layers+1], layer 0 = the embeddings)."""
     rows = []
-    for cell, seed, name in _runs(study_dir):
-        metrics = read_json(study_dir / "notebooks" / name / "eos_probing" / "metrics.json")
+    for run in _runs(study_dir):
+        metrics = run.metrics("eos_probing")
         if metrics is None:
             continue
-        probes, mask = metrics["probes"], cell["mask_type"]
+        probes, mask = metrics["probes"], run.mask_type
         for attribute, eos in probes.get(mask, {}).items():
             content = probes.get(f"{mask}/content_mean", {}).get(attribute, {"accuracy": [math.nan]})
-            rows.append(dict(cell=cell["name"], seed=seed, mask_type=mask, recon_weight=cell["recon_weight"],
+            rows.append(dict(cell=run.cell, seed=run.seed, mask_type=mask, recon_weight=run.recon_weight,
                              attribute=attribute, eos=eos["accuracy"][-1], selectivity=eos["selectivity"][-1],
-                             content=content["accuracy"][-1], chance=eos["chance"]))
+                             content=content["accuracy"][-1], chance=eos["chance"],
+                             selectivity_by_layer=list(eos["selectivity"])))
     return rows
 
 
@@ -107,15 +142,14 @@ def probe_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def collect_layerwise(study_dir: str | Path) -> dict[str, dict]:
+def collect_layerwise(study_dir: StudyDir | str | Path) -> dict[str, dict]:
     """`{cell: metrics}` of the `layerwise_analyses` notebook of each cell's lowest seed that has one (the study
     runs it for one seed per cell), with `seed` added; cells in the study's order."""
-    study_dir = Path(study_dir)
     found: dict[str, dict] = {}
-    for cell, seed, name in _runs(study_dir):
-        metrics = read_json(study_dir / "notebooks" / name / "layerwise_analyses" / "metrics.json")
-        if metrics is not None and seed < found.get(cell["name"], {}).get("seed", math.inf):
-            found[cell["name"]] = dict(metrics, seed=seed)
+    for run in _runs(study_dir):
+        metrics = run.metrics("layerwise_analyses")
+        if metrics is not None and run.seed < found.get(run.cell, {}).get("seed", math.inf):
+            found[run.cell] = dict(metrics, seed=run.seed)
     return found
 
 
@@ -195,25 +229,18 @@ def _link(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def write_report(study: "Study", seconds: float) -> Path:
-    """Write `<report_dir>/report.md` (and the ablation heatmap) for a finished study run."""
+def write_report(study_dir: StudyDir, log: RunLog, report_dir: str | Path) -> Path:
+    """Write `<report_dir>/report.md` (and its figures, `ablation.json`) for a study folder after a run (`log`)."""
     from analysis import plots
 
-    config, root = study.config, study.root
-    report_dir = study.report_dir
+    study_dir = _study_dir(study_dir)
+    report_dir = Path(report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
-    table = ablation_table(collect_scores(root))
-    steps = ", ".join(f"{step} {t['seconds'] / 60:.1f} min ({t['jobs']} jobs)" for step, t in study.step_times.items())
-    count = {s: sum(o.status == s for o in study.outcomes) for s in ("done", "skipped", "failed", "cancelled")}
-    lines = [f"# cocoa-lens study `{config.name}`", "",
-             f"Checkpoints in `{root}`; this run took {seconds / 60:.1f} min "
-             f"({count['done']} jobs run, {count['skipped']} already done, {count['failed']} failed"
-             + (f", {count['cancelled']} not started after the failure" if count["cancelled"] else "") + ")."
-             + (f" Wall time of each step when it last had work: {steps}." if steps else "")
-             + (" **The run stopped after the first failure** (`--keep-going` runs everything else)."
-                if study.stopped else ""), "",
+    scores = collect_scores(study_dir)
+    table = ablation_table(scores)
+    lines = [f"# cocoa-lens study `{study_dir.config['name']}`", "", _run_line(study_dir, log), "",
              "## Ablation: mini-MMEB Precision@1 (mean ± sd over seeds)", "",
-             "Each cell trains the same total number of steps; mask type and λ are read from each cell's recipe. "
+             "Mask type and λ are read from each cell's recipe (steps: see each cell's note). "
              "MMEB's rule gives ties to the positive; `ties split` shares a tied query's hit among the tied "
              "candidates, and `tied queries` counts them (summed over datasets). With one seed a value has no "
              "sd. `IND hard` / `IND random`: in-distribution datasets whose negatives differ from the positive in "
@@ -226,26 +253,56 @@ def write_report(study: "Study", seconds: float) -> Path:
                                title="mini-MMEB IND P@1, ties split: mask type × λ",
                                save=report_dir / "ablation_heatmap")
         lines += ["![ablation heatmap](ablation_heatmap.png)", ""]
-    probes = collect_probes(root)
+    probes = collect_probes(study_dir)
     if probes:
         lines += ["## What the EOS state holds: linear probes at the last layer (mean ± sd over seeds)", "",
                   "Under each cell's own mask type; `mean-pooled A` probes the mean of the input's token states "
                   "(the pooling CoCoA's EOS replaces); selectivity is accuracy minus a control task's.", "",
                   probe_table(probes), ""]
-    layerwise = collect_layerwise(root)
+    layerwise = collect_layerwise(study_dir)
     if layerwise:
         lines += _layerwise_section(layerwise, report_dir)
-    executed = sorted((root / "notebooks").glob("*/*/*.ipynb"))
-    figures = _key_figures(study, report_dir)
+    lines += _findings_section(study_dir, scores, probes, layerwise)
+    figures = _key_figures(study_dir, report_dir)
     if figures:
         lines += ["## Key figures", "", *figures, ""]
     lines += ["## Executed notebooks", ""]
-    lines += [f"- [{nb.parent.parent.name} / {nb.stem}]({_link(nb, report_dir)})" for nb in executed] or ["- none"]
-    failed = [o for o in study.outcomes if o.status == "failed"]
+    lines += [f"- [{nb.parent.parent.name} / {nb.stem}]({_link(nb, report_dir)})"
+              for nb in study_dir.executed_notebooks()] or ["- none"]
     lines += ["", "## Failures", ""]
-    lines += [f"- {o.step} `{o.target}`: {o.error}" for o in failed] or ["- none"]
+    lines += [f"- {o.step} `{o.target}`: {o.error}" for o in log.failed] or ["- none"]
     write_json(report_dir / "ablation.json", table)
     return atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _run_line(study_dir: StudyDir, log: RunLog) -> str:
+    """What this run did and how long each step took (busy worker time and its share; steps overlap)."""
+    count = {s: log.count(s) for s in STATUSES}
+    line = (f"Checkpoints in `{study_dir.root}`; this run took {log.seconds / 60:.1f} min "
+            f"({count['done']} jobs run, {count['skipped']} already done, {count['failed']} failed"
+            + (f", {count['cancelled']} not started after the failure" if count["cancelled"] else "") + ").")
+    busy = sum(t["busy"] for t in log.steps.values())
+    if busy > 0:
+        steps = ", ".join(f"{step} {t['busy'] / 60:.1f} min ({t['busy'] / busy:.0%}, {t['jobs']} jobs)"
+                          for step, t in log.steps.items())
+        line += (f" Busy time of each step when it last had work, on {log.workers} worker(s): {steps}"
+                 + (f"; wall time of the last run with work {log.wall / 60:.1f} min" if log.wall else "")
+                 + " (the steps are pipelined: a run's capture starts when its training ends).")
+    if log.stopped:
+        line += " **The run stopped after the first failure** (`--keep-going` runs everything else)."
+    return line
+
+
+def _findings_section(study_dir: StudyDir, scores: list[dict], probes: list[dict],
+                      layerwise: dict[str, dict]) -> list[str]:
+    """The paper's questions (a)-(d) answered from the tables above, for the cells the config's `roles` names."""
+    from analysis.findings import answers
+
+    curves: dict[str, list[list[float]]] = {}
+    for row in probes:
+        curves.setdefault(row["cell"], []).append(row["selectivity_by_layer"])
+    mean_curves = {cell: np.mean(found, axis=0).tolist() for cell, found in curves.items()}
+    return answers(scores, study_dir.config.get("roles") or {}, mean_curves, layerwise) if scores else []
 
 
 def _layerwise_section(found: dict[str, dict], report_dir: Path) -> list[str]:
@@ -274,26 +331,27 @@ def _layerwise_section(found: dict[str, dict], report_dir: Path) -> list[str]:
     return lines
 
 
-def _key_figures(study: "Study", report_dir: Path) -> list[str]:
+def _key_figures(study_dir: StudyDir, report_dir: Path) -> list[str]:
     """Copy the key figures into `report_dir`; returns their markdown lines. Per-run figures come from the
     lowest captured seed of each compared cell (or of the first cell), under that cell's own mask type, or
     the mask it ran as where a notebook folds equal conditions (its metrics' `same_as`: a bridged mask over
     inputs without B is bidirectional)."""
-    runs = study.first_captured(study.config.compare or [study.config.cells[0].name])
+    config = study_dir.config
+    runs = study_dir.first_captured(config.get("compare") or [config["cells"][0]["name"]])
     lines = []
     for notebook, stem, per_run in KEY_FIGURES:
-        sources = [("summary", stem, "")]
+        sources = [(study_dir.summary(notebook), "summary", stem, "")]
         if per_run:
             sources = []
             for r in runs:
-                metrics = read_json(study.root / "notebooks" / r.name / notebook / "metrics.json") or {}
-                ran = metrics.get("same_as", {}).get(r.cell.mask_type, r.cell.mask_type)
-                sources.append((r.name, f"{stem}_{ran}", "" if ran == r.cell.mask_type else
-                                f" ({r.cell.mask_type} ran as {ran}: no B segment)"))
-        for folder, prefix, note in sources:
-            found = sorted((study.root / "notebooks" / folder / notebook).glob(f"{prefix}*.png"))
+                metrics = r.metrics(notebook) or {}
+                ran = metrics.get("same_as", {}).get(r.mask_type, r.mask_type)
+                sources.append((r.notebook(notebook), r.name, f"{stem}_{ran}", "" if ran == r.mask_type else
+                                f" ({r.mask_type} ran as {ran}: no B segment)"))
+        for folder, label, prefix, note in sources:
+            found = sorted(folder.glob(f"{prefix}*.png"))
             if found:
-                target = report_dir / f"{folder}_{found[0].name}"
+                target = report_dir / f"{label}_{found[0].name}"
                 shutil.copyfile(found[0], target)
-                lines.append(f"![{notebook}: {folder}{note}]({target.name})")
+                lines.append(f"![{notebook}: {label}{note}]({target.name})")
     return lines

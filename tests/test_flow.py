@@ -185,3 +185,74 @@ def test_row_budget_sums_keys_per_segment():
     assert budget["text"] == pytest.approx([0.375])
     with pytest.raises(ValueError, match="3 segments"):
         row_budget(rows[0], ["image", "text", "image"])
+
+
+# --- the notebooks' computations: EOS budget averaging, the rollout on the image grid, layer numbering ---
+
+from analysis.metrics.flow import (  # noqa: E402
+    attention_layer,
+    eos_row_budget,
+    image_rollout,
+    mean_eos_budget,
+    merged_grid,
+)
+
+
+def _captured(pattern, roles, segments, is_image=None, image_grid=None, rows=None):
+    """A sample as `Capture.sample` gives it."""
+    n = pattern.shape[-1]
+    return dict(pattern=pattern, roles=roles, segments=segments, eos_index=roles.index("EOS"),
+                query_positions=np.arange(n) if rows is None else np.asarray(rows),
+                is_image=np.zeros(n, bool) if is_image is None else np.asarray(is_image),
+                record={"image_grid": image_grid})
+
+
+def test_mean_eos_budget_averages_samples_and_counts_missing_segments_as_zero():
+    rng = np.random.default_rng(0)
+    p1 = _softmax_patterns(rng, 2, 2, 4)
+    p2 = _softmax_patterns(rng, 2, 2, 3)
+    s1 = _captured(p1, ["A", "A", "A", "EOS"], ["image", "text", "template", "EOS"])
+    s2 = _captured(p2[:, :, [2]], ["A", "A", "EOS"], ["text", "template", "EOS"], rows=[2])  # EOS row only
+    b1, b2 = eos_row_budget(s1), eos_row_budget(s2)
+    np.testing.assert_allclose(b1["image"], p1[:, :, 3, 0].mean(axis=1))
+    mean = mean_eos_budget([s1, s2], n_layers=2)
+    assert list(mean) == ["image", "text", "template", "EOS"]
+    np.testing.assert_allclose(mean["image"], b1["image"] / 2)  # absent from s2: 0 there
+    np.testing.assert_allclose(mean["text"], (b1["text"] + b2["text"]) / 2)
+    np.testing.assert_allclose(sum(mean.values()), 1.0)
+    with pytest.raises(ValueError, match="EOS position"):
+        eos_row_budget(_captured(p2[:, :, [0]], ["A", "A", "EOS"], ["text", "template", "EOS"], rows=[0]))
+    with pytest.raises(ValueError, match="no samples"):
+        mean_eos_budget([], n_layers=2)
+
+
+def test_merged_grid_from_the_stored_patch_grid():
+    assert merged_grid([1, 8, 12], 24) == (1, 4, 6)  # Qwen: 2x2 patches per token, a non-square image
+    assert merged_grid([1, 4, 6], 24) == (1, 4, 6)  # no merge
+    with pytest.raises(ValueError, match="recapture with this version"):
+        merged_grid(None, 16)
+    with pytest.raises(ValueError, match="do not tile"):
+        merged_grid([1, 8, 12], 25)
+
+
+def test_image_rollout_lies_on_the_real_image_grid():
+    """A 2x3 image (after merging) among text: the EOS row of the rollout onto the image tokens, in row-major
+    patch order, reshaped to the grid the capture stores, not a guessed square."""
+    rng = np.random.default_rng(1)
+    roles = ["A"] * 8 + ["EOS"]
+    is_image = [False, True, True, True, True, True, True, False, False]
+    pattern = _softmax_patterns(rng, 3, 2, 9)
+    sample = _captured(pattern, roles, ["vision"] + ["image"] * 6 + ["text", "EOS"], is_image, image_grid=[1, 4, 6])
+    grid = image_rollout(sample)
+    assert grid.shape == (2, 3)
+    np.testing.assert_allclose(grid.ravel(), attention_rollout(pattern)[8, 1:7])
+    sample["record"] = {"image_grid": None}
+    with pytest.raises(ValueError, match="recapture with this version"):
+        image_rollout(sample)
+
+
+def test_attention_layer_counts_as_every_figure():
+    assert attention_layer(1, 4) == 0 and attention_layer(4, 4) == 3 and attention_layer(-1, 4) == 3
+    for bad in (0, 5, -5):
+        with pytest.raises(ValueError, match="layer 0 is the embeddings"):
+            attention_layer(bad, 4)

@@ -9,6 +9,8 @@ from analysis.metrics.geometry import (
     anisotropy,
     cka_matrix,
     effective_rank,
+    geometry_summary,
+    is_constant,
     linear_cka,
     principal_components,
     principal_shift,
@@ -104,3 +106,25 @@ def test_principal_shift_known_cases():
     np.testing.assert_allclose(offset["cosine"], 1.0, atol=1e-9)  # a common offset leaves the centred PCs alone
     with pytest.raises(ValueError, match="same inputs"):
         principal_shift(x, x[:10])
+
+
+def test_cka_of_a_constant_layer_is_nan_without_a_warning():
+    """Layer 0 of the EOS states is the EOS token's embedding for every input: nothing to compare."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(20, 3, 8))
+    states[:, 0] = rng.normal(size=8)  # constant across the inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = cka_matrix(states, states)
+    assert np.isnan(m[0]).all() and np.isnan(m[:, 0]).all()
+    np.testing.assert_allclose(np.diag(m)[1:], 1.0)
+    assert is_constant(states[:, 0]) and not is_constant(states[:, 1])
+    assert math.isnan(linear_cka(np.ones((5, 3)), rng.normal(size=(5, 2))))
+
+
+def test_geometry_summary():
+    x = np.random.default_rng(0).normal(size=(30, 6))
+    assert geometry_summary(x) == dict(uniformity=uniformity(x), effective_rank=effective_rank(x),
+                                       anisotropy=anisotropy(x), n=30)

@@ -48,9 +48,11 @@ def test_rollout_on_image(tmp_path):
     plots.rollout_on_image(scores, (3, 4), save=tmp_path / "grid")
     _assert_written(tmp_path / "grid")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    fig = plots.rollout_on_image(scores, (3, 4), image=image, save=tmp_path / "overlay")
+    fig = plots.rollout_on_image(scores, (3, 4), image=image, title="EOS rollout onto the image — eos_bridged_strict",
+                                 save=tmp_path / "overlay")
     _assert_written(tmp_path / "overlay")
-    assert len(fig.axes[0].images) == 2
+    assert len(fig.axes[0].images) == 1 and len(fig.axes[1].images) == 2  # the bare image, then it under the rollout
+    assert fig.get_suptitle() == "EOS rollout onto the image — eos_bridged_strict"  # whole, not cut off
     with pytest.raises(ValueError, match="3x5 grid"):
         plots.rollout_on_image(scores, (3, 5))
 
@@ -74,7 +76,11 @@ def test_probing_curves(tmp_path):
     }
     fig = plots.probing_curves({"colour": res, "size": {"skipped": "fewer than 2 classes"}}, save=tmp_path / "probe")
     _assert_written(tmp_path / "probe")
-    assert len(fig.axes[0].lines) == 2  # accuracy + control of the one attribute shown
+    assert len(fig.axes[0].lines) == 3  # accuracy, control and chance of the one attribute shown
+    chance = [line for line in fig.axes[0].lines if line.get_linestyle() == ":"]
+    assert len(chance) == 1 and np.allclose(chance[0].get_ydata(), 0.34)
+    assert fig.axes[0].get_xlabel() == plots.LAYER_AXIS
+    assert "chance (majority class)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(ValueError, match="skipped"):
         plots.probing_curves({"size": {"skipped": "fewer than 2 classes"}})
 
@@ -101,6 +107,39 @@ def test_umap_scatter(tmp_path):
 def test_cka_heatmap(tmp_path):
     plots.cka_heatmap(np.random.default_rng(0).random((4, 3)), names=("causal", "bridged"), save=tmp_path / "cka")
     _assert_written(tmp_path / "cka")
+
+
+def test_cka_heatmap_leaves_undefined_layers_blank_with_a_note(tmp_path):
+    m = np.random.default_rng(0).random((4, 4))
+    m[0, :] = m[:, 0] = np.nan  # layer 0: the EOS token's embedding, the same for every input
+    fig = plots.cka_heatmap(m, names=("a", "b"), save=tmp_path / "cka")
+    _assert_written(tmp_path / "cka")
+    annotations = [t.get_text() for t in fig.axes[0].texts]
+    assert len(annotations) == 9 and "nan" not in annotations
+    assert any("undefined at layer 0" in t.get_text() for t in fig.texts)
+    assert fig.axes[0].get_ylabel() == f"a: {plots.LAYER_AXIS}"
+
+
+def test_every_layer_axis_says_how_layers_count():
+    budget = plots.segment_budget({"image": [0.5, 0.4], "EOS": [0.5, 0.6]})
+    assert budget.axes[0].get_xlabel().startswith(plots.LAYER_AXIS)
+    assert [t.get_text() for t in budget.axes[0].get_xticklabels()] == ["1", "2"]  # block l's attention at layer l
+    assert plots.lens_rank_heatmap(np.ones((3, 2)), ["a", "b"]).axes[0].get_ylabel() == plots.LAYER_AXIS
+
+
+def test_attention_heatmap_labels_the_image_block_and_pairs_through_plots(tmp_path):
+    roles = ["A"] * 6 + ["EOS", "B"]
+    image = [False, True, True, True, True, False, False, False]
+    fig = plots.attention_heatmap(_pattern(8), roles, image=image, title="x" * 100)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "image tokens" in texts
+    assert "image tokens" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert all(len(line) <= 60 for line in fig.axes[0].get_title().split("\n"))  # wrapped, never cut off
+    panels = [dict(pattern=_pattern(8, seed), roles=roles, image=image, title=f"run {seed}") for seed in (0, 1)]
+    pair = plots.attention_pair(panels, title="pair", save=tmp_path / "pair")
+    _assert_written(tmp_path / "pair")
+    titles = [ax.get_title() for ax in pair.axes if ax.get_title()]
+    assert titles[:2] == ["run 0", "run 1"]
 
 
 def test_ablation_heatmap(tmp_path):
@@ -203,6 +242,7 @@ def test_window_knockout_heatmap(tmp_path):
     fig = plots.window_knockout_heatmap(sweep, save=tmp_path / "windows")
     _assert_written(tmp_path / "windows")
     assert [t.get_text() for t in fig.axes[0].texts] == ["0.20", "0.05", "0.00", "0.30"]
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0-1", "1-2", "2-3", "all"]
+    # blocks count from 1 (0 = embeddings)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1-2", "2-3", "3-4", "all"]
     fig = plots.window_knockout_heatmap(sweep, value="drop")
     assert [t.get_text() for t in fig.axes[0].texts][-1] == "0.20"

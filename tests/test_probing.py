@@ -142,3 +142,62 @@ def test_mean_pool():
     np.testing.assert_allclose(got, np.stack([x[0, [0, 2]].mean(axis=0), x[1, :2].mean(axis=0)]))
     with pytest.raises(ValueError, match="sample 0 has no 'B' positions"):
         mean_pool(ragged, [["A", "EOS", "A"], roles], role="B")
+
+
+def _realistic(kind: str, classes: int, n=240, layers=4, d=64, seed=0):
+    """States [n, layers, d] whose later layers carry the class: far apart ("separable") or a weak signal in the
+    noise ("noisy"); groups of two samples per input."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    rng.shuffle(y)
+    centres = rng.normal(size=(classes, d))
+    strength = {"separable": 2.0, "noisy": 0.25}[kind] * np.linspace(0.0, 1.0, layers)
+    states = rng.normal(size=(n, layers, d)) + strength[None, :, None] * centres[y][:, None]
+    return states, y, np.arange(n) // 2
+
+
+@pytest.mark.parametrize("kind,classes,C", [("separable", 10, 1.0), ("noisy", 10, 1.0), ("separable", 3, 1.0),
+                                            ("noisy", 2, 1.0), ("noisy", 2, 0.05)])
+def test_batched_probes_match_scikit_learn_on_the_same_folds(kind, classes, C):
+    """The batched L-BFGS solve against one scikit-learn LogisticRegression (StandardScaler pipeline) per layer x
+    fold x target, task and control: mean accuracy per layer within 0.01. The binary cases check scikit-learn's
+    binomial C (its penalty is not the two-class multinomial one)."""
+    from analysis.metrics.probing import _cv_accuracy, _cv_accuracy_sklearn
+
+    states, y, groups = _realistic(kind, classes)
+    tasks = LayerProbe(cv=5, C=C)._tasks(np.arange(len(y)), y, groups, None)
+    batched = _cv_accuracy(states, tasks, C, 200)
+    reference = _cv_accuracy_sklearn(states, tasks, C, 200)
+    for ours, theirs in zip(batched, reference):
+        assert ours.shape == theirs.shape == (4, 5)
+        np.testing.assert_allclose(ours.mean(axis=1), theirs.mean(axis=1), atol=0.01)
+    if kind == "separable":
+        assert reference[0].mean(axis=1)[-1] > 0.95  # the case is what it says
+    else:
+        assert 0.2 < reference[0].mean(axis=1)[-1] < 0.95
+
+
+def test_probe_attributes_gives_what_one_probe_per_attribute_gives():
+    """Attributes with different class counts and missing labels, solved together, against `LayerProbe.fit` on
+    each attribute's own samples."""
+    states, y, groups = _realistic("noisy", 4, layers=3, d=16)
+    colour = [COLOURS[v % 3] if v < 3 else None for v in y]
+    attributes = {"four": y.tolist(), "colour": colour, "parity": (y % 2).tolist()}
+    together = probe_attributes(states, attributes, groups=groups, cv=4)
+    for name, labels in attributes.items():
+        keep = np.array([v is not None for v in labels])
+        alone = LayerProbe(cv=4).fit(states[keep], [v for v in labels if v is not None], groups[keep]).score()
+        assert together[name]["chance"] == alone["chance"]
+        for key in ("accuracy", "control", "selectivity"):
+            np.testing.assert_allclose(together[name][key], alone[key], atol=0.01)
+
+
+def test_layers_solved_in_chunks_give_the_same_probes(monkeypatch):
+    import analysis.metrics.probing as probing
+
+    states, y, groups = _realistic("noisy", 3, layers=3, d=16)
+    whole = LayerProbe(cv=3).fit(states, y, groups).score()
+    monkeypatch.setattr(probing, "_SOLVE_SIZE", 1)  # one layer per solve
+    chunked = LayerProbe(cv=3).fit(states, y, groups).score()
+    for key in ("accuracy", "control"):
+        np.testing.assert_allclose(chunked[key], whole[key], atol=0.01)

@@ -122,3 +122,29 @@ def test_layerwise_table_reads_each_cells_lowest_seed_under_its_embed_mask(tmp_p
     table = layerwise_table(found).splitlines()
     assert table[2:] == ["| late | 1 | bidirectional | 2 | 0.600 | 0.500 | +0.100 | 1.000 / 0.500 |",
                          "| early | 0 | causal | 1 | 0.300 | 0.300 | +0.000 | 1.000 / 0.500 |"]
+
+
+def test_the_report_is_written_from_a_study_folder_and_a_run_log(tmp_path):
+    from analysis.report import Outcome, RunLog, write_report
+    from analysis.study_dir import StudyDir
+
+    cells = [dict(name="healthy", mask_type="causal", recon_weight=0.0, note="the baseline")]
+    write_json(tmp_path / "runs" / STUDY_FILE, dict(name="hand-made", cells=cells, seeds=[0, 1]))
+    for seed in (0, 1):
+        write_json(tmp_path / "runs" / "checkpoints" / f"healthy-s{seed}" / "scores.json", dict(
+            embedding_spread=0.6, datasets=[_dataset("a", "ind", 0.5 + seed / 10, 0.5, 0)]))
+    study_dir = StudyDir(tmp_path / "runs")
+    assert collect_scores(study_dir) == collect_scores(str(tmp_path / "runs"))  # a StudyDir or its path
+    log = RunLog([Outcome("train", "healthy-s0", "done", 60.0), Outcome("train", "healthy-s1", "skipped"),
+                  Outcome("notebooks", "notebooks/healthy-s0/eos_probing", "failed", 3.0, "ValueError: boom")],
+                 steps={"train": dict(busy=90.0, span=60.0, jobs=1), "notebooks": dict(busy=30.0, span=30.0, jobs=1)},
+                 seconds=95.0, stopped=True, wall=95.0, workers=2)
+    report = write_report(study_dir, log, tmp_path / "report").read_text()
+    assert report.startswith("# cocoa-lens study `hand-made`")
+    assert ("this run took 1.6 min (1 jobs run, 1 already done, 1 failed). Busy time of each step when it last had "
+            "work, on 2 worker(s): train 1.5 min (75%, 1 jobs), notebooks 0.5 min (25%, 1 jobs); wall time of the "
+            "last run with work 1.6 min") in report
+    assert "**The run stopped after the first failure**" in report
+    assert "| healthy | causal | 0 | 2 | 0.550 ± 0.071 |" in report and "- `healthy`: the baseline" in report
+    assert "- notebooks `notebooks/healthy-s0/eos_probing`: ValueError: boom" in report.split("## Failures")[1]
+    assert json.loads((tmp_path / "report" / "ablation.json").read_text())[0]["n_seeds"] == 2

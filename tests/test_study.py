@@ -1,5 +1,6 @@
 """The quick study end to end on the tiny model: train, capture, papermill every notebook, report, resume."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,34 +19,51 @@ from analysis.study import (
     LAYERWISE,
     PER_RUN_NOTEBOOKS,
     SUMMARY_NOTEBOOKS,
+    Job,
     Study,
     StudyConfig,
-    _capture_complete,
-    _capture_job,
-    _execute_notebook,
-    _notebook_done,
+    capture_complete,
+    capture_job,
+    execute_notebook,
+    notebook_done,
     share_cores,
 )
+from analysis.study_dir import StudyDir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PER_RUN_NOTEBOOKS + SUMMARY_NOTEBOOKS
+_QUICK: dict = {}
+
+
+def quick_spec(tmp: Path, **changes) -> Path:
+    """experiments/quick.yaml redirected into `tmp` (with `changes`), written to `tmp/quick.yaml`."""
+    spec = yaml.safe_load((ROOT / "experiments" / "quick.yaml").read_text())
+    spec.update(out_dir=str(tmp / "runs"), report_dir=str(tmp / "report"), **changes)
+    for cell in spec["cells"]:
+        cell["recipe"] = str(ROOT / cell["recipe"])
+    path = tmp / "quick.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_quick(tmp_path_factory):
+    """The quick study on the local pool, run once per test session (tests/test_study_launchers.py reads it too)."""
+    if not _QUICK:
+        path = quick_spec(tmp_path_factory.mktemp("study"))
+        config = StudyConfig.load(path)
+        cwd = os.getcwd()
+        started = time.perf_counter()
+        study = Study(config, progress=False)
+        outcomes = study.run()
+        assert os.getcwd() == cwd  # notebooks run in threads: none may move the process
+        _QUICK.update(path=path, config=config, outcomes=outcomes, seconds=time.perf_counter() - started)
+    return _QUICK["path"], _QUICK["config"], _QUICK["outcomes"]
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """experiments/quick.yaml redirected into a temporary directory, run once."""
-    tmp = tmp_path_factory.mktemp("study")
-    spec = yaml.safe_load((ROOT / "experiments" / "quick.yaml").read_text())
-    spec.update(out_dir=str(tmp / "runs"), report_dir=str(tmp / "report"))
-    for cell in spec["cells"]:
-        cell["recipe"] = str(ROOT / cell["recipe"])
-    path = tmp / "quick.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    config = StudyConfig.load(path)
-    cwd = os.getcwd()
-    outcomes = Study(config, progress=False).run()
-    assert os.getcwd() == cwd  # notebooks run in threads: none may move the process
-    return path, config, outcomes
+    return run_quick(tmp_path_factory)
 
 
 def test_quick_study_runs_every_notebook_and_reports(quick):
@@ -68,7 +86,13 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
     for cell in config.cells:
         assert f"| {cell.name} | {cell.mask_type} |" in report
     assert (Path(config.report_dir) / "ablation_heatmap.png").stat().st_size > 0
-    assert "failed). Wall time of each step when it last had work: train " in report
+    assert "failed). Busy time of each step when it last had work, on 2 worker(s): train " in report
+    timings = json.loads((root / "timings.json").read_text())
+    assert set(timings["steps"]) == {"train", "capture", "notebooks", "summaries"} and timings["wall"] > 0
+    # pipelined: the notebooks of the run that finished first may start before the other run's capture ends,
+    # the summaries only after everything else
+    done = {(o.step, o.target): o for o in outcomes}
+    assert all(o.status == "done" for o in done.values())
     probes = report.split("## What the EOS state holds")[1].split("##")[0]
     assert all(f"| {cell.name} | {cell.mask_type} |" in probes for cell in config.cells)
     # key figures: each compared cell under its own mask type (the probing set has no B, so eos_bridged ran as
@@ -89,6 +113,27 @@ def test_quick_study_runs_every_notebook_and_reports(quick):
                          for side in ("queries", "candidates") for m in ("causal", "bidirectional")}
     compare = json.loads((root / "notebooks/summary/compare_checkpoints/metrics.json").read_text())
     assert len(compare["principal_shift"]["cosine"]) == 3
+    # the bridged masks' probing set is also captured with B, and eos_probing probes it
+    assert {p.relative_to(root / "captures").as_posix() for p in root.glob("captures/*/probe_b/*")} == {
+        f"{r}-s0/probe_b/eos_bridged" for r in ("contrastive-causal", "bridged-l1")}
+    probing = json.loads((root / "notebooks/bridged-l1-s0/eos_probing/metrics.json").read_text())
+    assert set(probing["probes_with_b"]) == {"eos_bridged"} and probing["probes_with_b"]["eos_bridged"]
+    # warm kernels: the executed notebooks look like papermill's, counting from 1 as in a fresh kernel
+    for path in root.glob("notebooks/*/*/*.ipynb"):
+        book = nbformat.read(path, as_version=4)
+        assert book.metadata.papermill.parameters and any("injected-parameters" in c.metadata.get("tags", [])
+                                                          for c in book.cells)
+        counts = [c.execution_count for c in book.cells if c.cell_type == "code"]
+        assert counts == list(range(1, len(counts) + 1)), (path, counts)
+
+
+def test_the_study_passes_the_configured_compare_pair(quick):
+    _, config, _ = quick
+    study = Study(config, progress=False)
+    (job,) = [j for j in study.notebook_jobs() if j.notebook == "compare_checkpoints"]
+    a, b = StudyDir(config.out_dir).compare_pair()
+    assert (a.name, b.name) == ("contrastive-causal-s0", "bridged-l1-s0")
+    assert job.params["checkpoint_a"] == str(a.checkpoint) and job.params["capture_b"] == str(b.capture("probe"))
 
 
 def test_second_run_redoes_nothing(quick):
@@ -96,7 +141,8 @@ def test_second_run_redoes_nothing(quick):
     outcomes = Study(StudyConfig.load(path), progress=False).run()
     assert outcomes and {o.status for o in outcomes} == {"skipped"}
     report = (Path(StudyConfig.load(path).report_dir) / "report.md").read_text()
-    assert "0 jobs run" in report and "when it last had work: train " in report  # the first run's times stay
+    assert "0 jobs run" in report and "when it last had work, on 2 worker(s): train " in report  # the first run's times
+
 
 
 def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_path):
@@ -116,13 +162,20 @@ def test_broken_notebook_parameter_is_reported_and_the_rest_goes_on(quick, tmp_p
 
 def test_capture_begun_under_other_settings_is_redone(quick, tmp_path):
     _, config, _ = quick
-    checkpoint = str(Study(config, progress=False).captured_runs()[0].checkpoint)
-    spec = dict(config.capture.settings(), n=4, flow_n=2, masks=["causal"])
-    out = tmp_path / "capture"
-    _capture_job(checkpoint, str(out), dict(spec, data_seed=5))
-    assert _capture_complete(out, dict(spec, data_seed=5)) and not _capture_complete(out, spec)
-    _capture_job(checkpoint, str(out), spec)  # resuming the seed-5 capture would raise
-    assert _capture_complete(out, spec) and Capture.open(out / "probe", "causal").meta["seed"] == spec["data_seed"]
+    trained = Study(config, progress=False).captured_runs()[0]
+    run = dataclasses.replace(trained, root=tmp_path)  # its captures in tmp_path, its checkpoint the trained one
+    run.checkpoint.parent.mkdir()
+    run.checkpoint.symlink_to(trained.checkpoint)
+    spec = dict(config.capture.settings(), n=4, flow_n=2, masks=["causal", "eos_bridged"], probe_b=["eos_bridged"])
+    capture_job(run, dict(spec, data_seed=5))
+    assert capture_complete(run, dict(spec, data_seed=5)) and not capture_complete(run, spec)
+    capture_job(run, spec)  # resuming the seed-5 capture would raise
+    assert capture_complete(run, spec)
+    assert Capture.open(run.capture("probe"), "causal").meta["seed"] == spec["data_seed"]
+    with_b = Capture.open(run.capture("probe_b"), "eos_bridged")
+    assert with_b.meta["n_with_b"] > 0 and not (run.capture("probe_b") / "causal").exists()
+    (run.capture("probe_b") / "eos_bridged" / "index.json").unlink()
+    assert not capture_complete(run, spec)  # the B capture counts for completeness
 
 
 BRIDGED = str(ROOT / "experiments/recipes/cocoa_bridged.yaml")
@@ -242,8 +295,8 @@ def test_a_failed_job_stops_new_ones_unless_keep_going(tmp_path, keep_going):
         if i in (1, 2):  # t2 may start on t0's worker before the failure is handled; t3 and t4 cannot
             wait_for(lambda: study.stopped)
 
-    study._parallel("train", [(f"t{i}", False, job, (i,)) for i in range(5)], processes=False)
-    study._parallel("capture", [("c", False, job, (9,))], processes=False)
+    study.schedule([Job("train", f"t{i}", job, (i,), kind="thread") for i in range(5)])
+    study.schedule([Job("capture", "c", job, (9,), kind="thread")])
     statuses = {o.target: o.status for o in study.outcomes}
     if keep_going:
         assert sorted(ran) == [0, 1, 2, 3, 4, 9] and not study.stopped
@@ -269,8 +322,8 @@ def test_share_cores_gives_children_their_share_and_restores(monkeypatch):
 def test_compare_checkpoints_defaults_to_the_studys_first_pair(quick, tmp_path):
     _, config, _ = quick
     out = tmp_path / "compare"
-    _execute_notebook("compare_checkpoints", out, dict(study_dir=str(Path(config.out_dir).resolve()),
-                                                       output_dir=str(out)), stamp={})
+    execute_notebook("compare_checkpoints", out, dict(study_dir=str(Path(config.out_dir).resolve()),
+                                                      output_dir=str(out)), stamp={})
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["cka"]) == len(metrics["cka"][0]) > 1 and set(metrics["retrieval_delta"])
 
@@ -278,10 +331,104 @@ def test_compare_checkpoints_defaults_to_the_studys_first_pair(quick, tmp_path):
 def test_an_edited_notebook_is_redone(quick, tmp_path, monkeypatch):
     _, config, _ = quick
     study = Study(config, progress=False)
-    nb, out, params = next(job for job in study.notebook_jobs() if job[0] == "embedding_umap")
-    assert _notebook_done(out, study.notebook_stamp(nb, params))
+    job = next(job for job in study.notebook_jobs() if job.notebook == "embedding_umap")
+    assert notebook_done(job.out, study.notebook_stamp(job))
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    monkeypatch.setattr("analysis.study.NOTEBOOK_DIR", tmp_path / "notebooks")
-    edited = tmp_path / "notebooks" / f"{nb}.ipynb"
+    monkeypatch.setattr("analysis.study.config.NOTEBOOK_DIR", tmp_path / "notebooks")
+    edited = tmp_path / "notebooks" / f"{job.notebook}.ipynb"
     edited.write_text(edited.read_text().replace("n_neighbors = 15", "n_neighbors = 10"))
-    assert not _notebook_done(out, study.notebook_stamp(nb, params))
+    assert not notebook_done(job.out, study.notebook_stamp(job))
+
+
+def test_a_runs_next_step_starts_while_other_runs_still_train(tmp_path):
+    """Pipelined steps: the capture of a finished run takes the free worker while the other run still trains."""
+    study = Study(_load(tmp_path, [{"name": "a", "recipe": CAUSAL}], workers=2), progress=False)
+    ran = []
+
+    def train(name):
+        if name == "slow":  # finishes only once the fast run's capture has run beside it
+            deadline = time.monotonic() + 5
+            while "capture-fast" not in ran and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ran.append(f"train-{name}")
+
+    def follow(name):
+        return lambda: [Job("capture", name, ran.append, (f"capture-{name}",), kind="thread")]
+
+    study.schedule([Job("train", n, train, (n,), kind="thread", follow=follow(n)) for n in ("slow", "fast")],
+                   last=lambda: [Job("summaries", "s", ran.append, ("summary",), kind="thread")])
+    assert ran == ["train-fast", "capture-fast", "train-slow", "capture-slow", "summary"]
+    assert {o.target: o.status for o in study.outcomes} == {"slow": "done", "fast": "done", "s": "done"}
+    assert set(study.step_times) == {"train", "capture", "summaries"}
+    assert study.step_times["train"]["jobs"] == 2 and study.step_times["train"]["busy"] > 0
+
+
+def _notebook(tmp_path, name, *cells):
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('output_dir = "."', metadata={
+        "tags": ["parameters"]}), *(nbformat.v4.new_code_cell(c) for c in cells)])
+    book.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(book, path)
+    return path
+
+
+WRITE_METRICS = "import json, pathlib\npathlib.Path(output_dir, 'metrics.json').write_text(json.dumps(seen))"
+
+
+def test_a_warm_kernel_runs_notebooks_apart_and_restarts_after_a_failure_or_timeout(tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    from analysis.study.kernels import WarmKernel
+
+    first = _notebook(tmp_path, "first", "import numpy\nsecret = 42\nseen = {'first': True}", WRITE_METRICS)
+    second = _notebook(tmp_path, "second", "seen = {'secret': 'secret' in dir(), 'numpy': 'numpy' in dir()}",
+                       WRITE_METRICS)
+    failing = _notebook(tmp_path, "failing", "secret = 1\nraise ValueError('no such attribute: colour')")
+    hanging = _notebook(tmp_path, "hanging", "import time\ntime.sleep(60)")
+    kernel = WarmKernel()
+    try:
+        def run(source, timeout=None):
+            out = tmp_path / "out" / source.stem
+            execute_notebook(source.stem, out, {"output_dir": str(out)}, {"n": 1}, kernel=kernel, timeout=timeout,
+                             source=source)
+            return json.loads((out / "metrics.json").read_text())
+
+        assert run(first) == {"first": True}
+        # neither the variable nor the import of the last notebook is visible
+        assert run(second) == {"secret": False, "numpy": False}
+        assert kernel.started == 1 and json.loads((tmp_path / "out/second/stamp.json").read_text()) == {"n": 1}
+        with pytest.raises(PapermillExecutionError) as failed:
+            run(failing)
+        assert (failed.value.ename, failed.value.evalue) == ("ValueError", "no such attribute: colour")
+        assert run(second) == {"secret": False, "numpy": False} and kernel.started == 2  # a new kernel now
+        with pytest.raises(Exception, match="(?i)timed? ?out"):
+            run(hanging, timeout=3)
+        assert run(first) == {"first": True} and kernel.started == 3
+        assert not (tmp_path / "out/failing/stamp.json").exists()
+    finally:
+        kernel.shutdown()
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"capture": {"retreival": {"n": 2}}}, r"unknown key\(s\) retreival in capture; valid keys: dataset"),
+    ({"launcher": {"kind": "slurm"}}, r"launcher.kind: unknown launcher 'slurm'; one of local, submitit"),
+    ({"launcher": {"kind": "submitit", "slurm": {"partition": "dev"}, "max_job": 4}},
+     r"unknown key\(s\) max_job in launcher; valid keys: kind, folder, max_jobs, slurm"),
+    ({"launcher": {"kind": "submitit-local", "slurm": {"partition": "dev"}}},
+     "launcher.slurm applies to kind: submitit"),
+    ({"launcher": {"folder": "x"}}, "the local one takes none"),
+    ({"workers": "two"}, "workers must be an integer; got 'two'"),
+])
+def test_a_typo_anywhere_in_the_study_config_is_one_line_naming_the_key(tmp_path, extra, match):
+    with pytest.raises(UsageError, match=match) as err:
+        _load(tmp_path, [{"name": "a", "recipe": CAUSAL}], **extra)
+    assert "\n" not in str(err.value)
+
+
+def test_importing_the_study_command_loads_no_torch_and_the_report_no_study():
+    command = ("import sys, argparse\nfrom analysis.study import register\nregister(argparse.ArgumentParser()"
+               ".add_subparsers())\nheavy = [m for m in ('torch', 'transformers', 'papermill') if m in sys.modules]\n"
+               "assert not heavy, heavy")
+    report = "import sys, analysis.report\nassert 'analysis.study' not in sys.modules, 'the report imports the study'"
+    for code in (command, report):
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -14,6 +14,7 @@ from analysis.presets import SIDES
 def _capture(args: argparse.Namespace) -> int:
     import torch
 
+    from analysis import distributed
     from analysis.lens.recorder import capture
 
     if args.threads:
@@ -21,7 +22,10 @@ def _capture(args: argparse.Namespace) -> int:
     captures = capture(args.checkpoint, args.data, args.mask, args.out, n=args.n, seed=args.seed,
                        with_target=args.with_target, patterns=args.patterns, hooks=args.hooks,
                        batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
-                       device=args.device, base=args.base, preset=args.preset, side=args.side, progress=True)
+                       device=distributed.device(args.device), base=args.base, preset=args.preset, side=args.side,
+                       progress=True, device_map=args.device_map)
+    if not distributed.is_main():
+        return 0
     for mask_type, cap in captures.items():
         print(f"{mask_type:<20} {len(cap):>7} samples  preset {cap.meta['preset']:<10} "
               f"{cap.meta['b_segment']:<50}  {cap.directory}")
@@ -45,8 +49,9 @@ def register(subparsers) -> None:
                    help="mini-mmeb | shapes | digits | mmeb:DIR[:Dataset,...] | jsonl:FILE | images:DIR")
     p.add_argument("--side", default="query", choices=SIDES, help="prompt the inputs as queries or as candidates")
     p.add_argument("--out", required=True, help="output directory (one subdirectory per mask type); rerun to resume")
-    p.add_argument("--n", type=positive_int, default=None, help=f"number of samples (default {DEFAULT_N} for "
-                                                                 f"generated data, all for files)")
+    p.add_argument("--n-samples", "--n", dest="n", type=positive_int, default=None,
+                   help=f"number of samples (default {DEFAULT_N} for generated data, all for files); under torchrun "
+                        f"spell it --n-samples (torchrun takes --n for an abbreviation of its own options)")
     p.add_argument("--patterns", default="eos", choices=PATTERNS, help="which attention rows to keep")
     p.add_argument("--with-target", action="store_true", help="put the positive candidate's text as the B segment")
     p.add_argument("--hooks", nargs="*", default=[], help="extra hook names to store at the EOS position")

@@ -187,3 +187,31 @@ def window_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type
             "drop_tie_robust": [base["overall_tie_robust"] - c["overall_tie_robust"] for c in cut],
             "all_layers": score(edges, None)}
     return out
+
+
+# The cuts the attention_flow notebook tabulates, each in every layer: direct edges into EOS, and isolations
+# (every path from a group to EOS).
+KNOCKOUT_CUTS: dict[str, list[Edge]] = {
+    "none": [], "EOS ← image (direct edge only)": [("EOS", "image")],
+    "EOS ← text (direct edge only)": [("EOS", "text")], "EOS ← A (EOS reads only itself)": [("EOS", "A")],
+    "image isolated (every path image → EOS)": isolate("image"),
+    "text isolated (every path text → EOS)": isolate("text")}
+
+
+def knockout_table(model, processor, datasets: Sequence[EvalDataset], mask_type: str,
+                   cuts: dict[str, Sequence[Edge]] | None = None) -> dict[str, dict]:
+    """Each cut of `cuts` (default `KNOCKOUT_CUTS`) in every layer: mini-MMEB P@1 (`evaluate_knockout`) and how
+    far the query embeddings move from the intact model's (mean cosine distance, `knockout_effect`).
+    `{cut name: {edges, overall, overall_tie_robust, ties, ind, cosine_distance}}`."""
+    from analysis.metrics.flow import knockout_effect
+
+    queries = [ex.query for d in datasets for ex in d.examples]
+    base = embed_items(_hf(model), processor, queries, mask_type)
+    table = {}
+    for name, edges in (KNOCKOUT_CUTS if cuts is None else cuts).items():
+        scores = evaluate_knockout(model, processor, datasets, mask_type, edges)
+        moved = knockout_effect(base, knockout_embed_items(model, processor, queries, mask_type, edges))["mean"]
+        table[name] = dict(edges=[list(e) for e in edges], overall=scores["overall"],
+                           overall_tie_robust=scores["overall_tie_robust"], ties=scores["ties"],
+                           ind=scores["split"]["ind"], cosine_distance=moved)
+    return table

@@ -14,6 +14,7 @@ from each layer's queries and keys (`analysis.lens.pattern_rows`), equal to eage
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from itertools import islice
@@ -25,14 +26,16 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from analysis import distributed
 from analysis.checkpoints import open_checkpoint
 from analysis.digest import weights_digest
 from analysis.embed import pooled
+from analysis.errors import UsageError
 from analysis.inputs import Batch, encode
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.pattern_rows import PatternRows
 from analysis.lens.sources import samples
-from analysis.lens.store import FORMAT, PATTERNS, Capture, ShardWriter
+from analysis.lens.store import FORMAT, INDEX, PATTERNS, Capture, ShardWriter, merge_rank_indexes, rank_name
 from analysis.lens.validate import check_batch
 from analysis.masks import PAD, A, B, check_mask_type
 from analysis.presets import Preset, get_preset
@@ -55,20 +58,22 @@ def attention_for(patterns: str) -> str:
 
 
 def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0,
-               base: str | Path | None = None, preset: str | Preset | None = None, attn_implementation: str = "eager"):
+               base: str | Path | None = None, preset: str | Preset | None = None, attn_implementation: str = "eager",
+               device_map: str | dict | None = None):
     """`(model, processor, name, preset, opened)` for a checkpoint (see `analysis.checkpoints`) or `(model, processor)`.
 
     `opened` is the `Opened` record when the model was loaded here (so booting may wrap it in place), else None.
     The preset is `preset` if given, else what the checkpoint declares (see `analysis.presets.preset_for`).
-    `attn_implementation` applies when loading (a given model keeps its own until booted).
+    `attn_implementation` applies when loading (a given model keeps its own until booted); `device_map` ("auto")
+    splits a checkpoint directory's model over the visible devices (see `analysis.checkpoints.open_checkpoint`).
     """
     if isinstance(checkpoint, tuple):
-        if dtype is not None or device is not None:
+        if dtype is not None or device is not None or device_map is not None:
             raise ValueError("dtype / device apply when loading a checkpoint; move a given model yourself first")
         model, processor = checkpoint
         return model, processor, f"<in-memory {type(model).__name__}>", get_preset(preset or "plain"), None
     opened = open_checkpoint(checkpoint, dtype=dtype, device=device, base=base, seed=seed,
-                             attn_implementation=attn_implementation)
+                             attn_implementation=attn_implementation, device_map=device_map)
     return opened.model, opened.processor, opened.name, opened.preset(preset), opened
 
 
@@ -197,7 +202,7 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
             hooks: Sequence[str] = (), batch_size: int = 16, shard_size: int = 512,
             dtype: torch.dtype | str | None = None, device: str | None = None, base: str | Path | None = None,
             preset: str | Preset | None = None, side: str = "query", copy: bool = True,
-            progress: bool = False) -> dict[str, Capture]:
+            progress: bool = False, device_map: str | dict | None = None) -> dict[str, Capture]:
     """Capture `checkpoint` over `dataset` under each mask type into `out_dir/<mask type>/`: `{mask: Capture}`.
 
     checkpoint: a checkpoint directory (full or PEFT adapter, `base` for the adapter's base), a tiny backbone
@@ -212,11 +217,17 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     with_target: put the sample's target text (the positive candidate's) as the B segment.
     hooks: extra hook names stored at the EOS position. Rerunning with the same settings resumes; a
         checkpoint whose weights changed since refuses to resume.
+    device_map: "auto" splits a checkpoint directory's model over the visible devices (a model larger than
+        one device); the bridge wraps it where it lies.
+
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) each rank captures a contiguous block of whole
+    batches into its own shards and rank 0 merges the index (see `analysis.lens.store`): the result equals
+    the single-process capture sample for sample.
     """
     attention = attention_for(patterns)
     name, total, stream = samples(dataset, n, seed, with_target)
     model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype, device, seed, base, preset,
-                                                                   attention)
+                                                                   attention, device_map)
     masks = mask_types.split(",") if isinstance(mask_types, str) else list(mask_types or [preset.attention])
     masks = list(dict.fromkeys(m.strip() for m in masks if m.strip()))
     if not masks:
@@ -238,21 +249,32 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
                            f"embedding is the preset's ({preset.pooling} pooling) before L2 normalisation",
                 checkpoint_recipe=opened.recipe if opened else None)
     out_dir = Path(out_dir)
-    writers = {m: ShardWriter(out_dir / m, dict(meta, mask_type=m), shard_size) for m in masks}
+    rank, size = distributed.init()
+    mine = range(total)
+    if size > 1:  # whole batches per rank, so each batch (padding, numerics) is the single-process one
+        batches = distributed.blocks(-(-total // batch_size), size)[rank]
+        mine = range(min(batches.start * batch_size, total), min(batches.stop * batch_size, total))
+        for m in masks:
+            _check_parallel_target(out_dir / m, size)
+    writers = {m: ShardWriter(_rank_dir(out_dir / m, rank, size), _rank_meta(dict(meta, mask_type=m), mine, size),
+                              shard_size) for m in masks}
     # restart at a batch boundary: batches (and so padding and numerics) match an uninterrupted run
-    start = min(w.n_done for w in writers.values()) // batch_size * batch_size
+    start = mine.start + min(w.n_done for w in writers.values()) // batch_size * batch_size
     position = start
     recorder = Recorder(bridge, patterns, hooks)
-    with tqdm(total=total, initial=start, desc="capture", disable=not progress) as bar, recorder.installed():
-        for chunk in _batched(islice(stream, start, None), batch_size):
+    with tqdm(total=len(mine), initial=start - mine.start, desc="capture" + (f" rank {rank}" if size > 1 else ""),
+              disable=not progress) as bar, recorder.installed():
+        for chunk in _batched(islice(stream, start, mine.stop), batch_size):
             targets = [s.target or "" for s in chunk] if with_target else None
             batch = encode(processor, model, [s.item for s in chunk], targets, preset=preset, side=side)
+            grids = iter(batch.image_grid_thw.tolist() if batch.image_grid_thw is not None else [])
             records = [dict(key=s.item.key, text=s.item.text, instruction=s.item.instruction,
                             has_image=s.item.has_image, target=targets[k] if targets else None,
-                            has_b=bool((batch.roles[k] == B).any()), labels=s.labels, meta=s.meta)
+                            has_b=bool((batch.roles[k] == B).any()), labels=s.labels, meta=s.meta,
+                            image_grid=next(grids) if s.item.has_image else None)
                        for k, s in enumerate(chunk)]
             for mask_type, writer in writers.items():
-                todo = [k for k in range(len(chunk)) if position + k >= writer.n_done]
+                todo = [k for k in range(len(chunk)) if position - mine.start + k >= writer.n_done]
                 if todo:
                     captured = recorder.run(batch, mask_type)
                     for k in todo:
@@ -261,7 +283,35 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
             bar.update(len(chunk))
     for writer in writers.values():
         writer.finish()
+    if size > 1:
+        distributed.barrier()  # every rank's shards are complete before rank 0 merges their indexes
+        if rank == 0:
+            for m in masks:
+                merge_rank_indexes(out_dir / m, size)
+        distributed.barrier()
     return {m: Capture.open(out_dir / m) for m in masks}
+
+
+def _rank_dir(directory: Path, rank: int, size: int) -> Path:
+    """Where a rank writes its shards: the mask directory itself in one process, else `rank-0000r/` in it."""
+    return directory if size == 1 else directory / rank_name(rank)
+
+
+def _rank_meta(meta: dict, mine: range, size: int) -> dict:
+    """A rank's own index metadata: its sample count, and (several processes) the world size and first sample."""
+    if size == 1:
+        return meta
+    return dict(meta, n=len(mine), world_size=size, first=mine.start)
+
+
+def _check_parallel_target(directory: Path, size: int) -> None:
+    """Refuse to write a data-parallel capture over a single-process one or one of another world size."""
+    index = directory / INDEX
+    if index.is_file():
+        held = json.loads(index.read_text()).get("world_size", 1)
+        if held != size:
+            raise UsageError(f"{directory} holds a capture made by {held} process(es), not {size}: resume it with "
+                             f"--nproc-per-node {held}, or choose another --out")
 
 
 def _digest(checkpoint, opened) -> str:

@@ -21,10 +21,19 @@ One directory per (checkpoint, dataset, mask type):
     pattern_offsets.npy int64   [n+1]  sample i's patterns are patterns[p[i]:p[i+1]] as [layers, heads, rows, L_i]
     patterns.npy        float32 [P]
     hook.<name>.npy     float32 [n, ...]  extra hooks, at the EOS position
-    records.json        per sample: key, text, target, has_b, labels, meta
+    records.json        per sample: key, text, instruction, has_image, target, has_b, labels, meta, and
+                        image_grid: the [t, h, w] patch grid of the sample's image before merging
+                        (`image_grid_thw`; Qwen merges 2x2 patches into one token), null for text only
 
 Shards are written to a temporary directory and renamed; the index is rewritten (temp + rename) after
 each shard, so an interrupted capture keeps every complete shard and resumes after the last one.
+
+A data-parallel capture (torchrun / accelerate launch, N processes) gives rank r a contiguous block of
+whole batches and writes it as a capture of its own, `rank-0000r/` (index.json + shards, index keys
+`world_size` and `first`, its first sample), inside the mask directory; each rank resumes its own. When
+every rank is complete, rank 0 writes the mask directory's index.json with `world_size` N and the
+ranks' shards in rank order (names `rank-0000r/shard-0000k`), so `Capture.open` reads the samples in the
+single-process order with the same values. A single-process capture keeps the layout above unchanged.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ INDEX = "index.json"
 SHARD = re.compile(r"^\.?shard-\d{5}(\.tmp)?$")
 # Settings that fix which samples land where: resuming under different ones would mix two captures.
 RESUME_KEYS = ("format", "checkpoint", "checkpoint_digest", "preset", "mask_type", "dataset", "seed", "n",
-               "with_target", "patterns", "hooks", "dtype")
+               "with_target", "patterns", "hooks", "dtype", "world_size", "first")
 BRIDGED = ("eos_bridged", "eos_bridged_strict")
 
 
@@ -125,6 +134,28 @@ class ShardWriter:
 
     def write_index(self) -> None:
         write_json(self.directory / INDEX, self.index)
+
+
+def rank_name(rank: int) -> str:
+    """The sub-directory a data-parallel rank writes its shards into."""
+    return f"rank-{rank:05d}"
+
+
+def merge_rank_indexes(directory: str | Path, size: int) -> dict:
+    """Write `directory/index.json` over the complete captures of ranks 0..size-1 (rank order): the merged index."""
+    directory = Path(directory)
+    parts = [json.loads((directory / rank_name(r) / INDEX).read_text()) for r in range(size)]
+    unfinished = [r for r, p in enumerate(parts) if not p["complete"]]
+    if unfinished:
+        raise ValueError(f"{directory}: ranks {unfinished} have not finished; rerun the same command to resume them")
+    index = {k: v for k, v in parts[0].items() if k not in ("first", "shards")}
+    index.update(n=sum(p["n"] for p in parts), n_done=sum(p["n_done"] for p in parts),
+                 n_with_b=sum(p["n_with_b"] for p in parts), complete=True, world_size=size,
+                 shards=[{"name": f"{rank_name(r)}/{s['name']}", "n": s["n"]} for r, p in enumerate(parts)
+                         for s in p["shards"]])
+    index["b_segment"] = _b_note(index)
+    write_json(directory / INDEX, index)
+    return index
 
 
 def _arrays_of(sample: dict) -> list[np.ndarray]:

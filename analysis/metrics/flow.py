@@ -7,7 +7,7 @@ Inputs may be torch tensors (any float dtype or device) or array-likes; outputs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -193,3 +193,62 @@ def row_budget(rows, segments: Sequence[str]) -> dict[str, np.ndarray]:
         raise ValueError(f"rows must be [layers, heads, k] with k = {len(segments)} segments; got shape {r.shape}")
     labels = np.asarray(list(segments))
     return {lab: r[:, :, labels == lab].sum(axis=-1).mean(axis=1) for lab in dict.fromkeys(segments)}
+
+
+def attention_layer(layer: int, n_blocks: int) -> int:
+    """The pattern index (0-based block) of the attention at `layer`, counted as everywhere in the toolkit:
+    layer 0 = the embeddings (no attention there), layer l = block l's output (1..n_blocks); negative counts
+    from the last (-1 = layer n_blocks)."""
+    if not (1 <= layer <= n_blocks or -n_blocks <= layer < 0):
+        raise ValueError(f"attention exists at layers 1..{n_blocks} (layer 0 is the embeddings) or -1..-{n_blocks} "
+                         f"from the last; got {layer}")
+    return layer - 1 if layer > 0 else n_blocks + layer
+
+
+def eos_row_budget(sample: Mapping) -> dict[str, np.ndarray]:
+    """`row_budget` of one captured sample's EOS row (`Capture.sample`: `pattern [layers, heads, rows, L]` with
+    rows at `query_positions`, `eos_index`, `segments`): ``{segment: [layers]}``."""
+    rows = list(np.asarray(sample["query_positions"]))
+    if sample["eos_index"] not in rows:
+        raise ValueError(f"the sample's pattern rows ({rows[:8]}...) do not include its EOS position "
+                         f"{sample['eos_index']}: capture with patterns 'eos', 'eos+b' or 'full'")
+    return row_budget(np.asarray(sample["pattern"])[:, :, rows.index(sample["eos_index"])], sample["segments"])
+
+
+def mean_eos_budget(samples: Sequence[Mapping] | Iterable[Mapping], n_layers: int) -> dict[str, np.ndarray]:
+    """The EOS budget averaged over samples: ``{segment: [n_layers]}`` in first-appearance order; a segment
+    missing from a sample counts as 0 there (e.g. the image in a text-only sample)."""
+    budgets = [eos_row_budget(s) for s in samples]
+    if not budgets:
+        raise ValueError("no samples to average the EOS budget over")
+    segments = list(dict.fromkeys(k for b in budgets for k in b))
+    return {k: np.mean([b.get(k, np.zeros(n_layers)) for b in budgets], axis=0) for k in segments}
+
+
+def merged_grid(image_grid: Sequence[int] | None, n_image_tokens: int) -> tuple[int, int, int]:
+    """The `(t, h, w)` grid of a sample's image tokens, from the `[t, h, w]` patch grid before merging that
+    the capture stores (`record["image_grid"]`, the processor's `image_grid_thw`): the merge factor (2x2
+    patches per token in Qwen2/2.5/3-VL) follows from the token count."""
+    if image_grid is None:
+        raise ValueError("this capture's records hold no image_grid (the image's patch grid): recapture with this "
+                         "version of cocoa-lens to draw the rollout on the image")
+    t, h, w = (int(v) for v in image_grid)
+    if n_image_tokens < 1 or (t * h * w) % n_image_tokens:
+        raise ValueError(f"{n_image_tokens} image tokens do not tile a {t}x{h}x{w} patch grid")
+    merge = int(round(np.sqrt(t * h * w // n_image_tokens)))
+    if merge < 1 or merge * merge * n_image_tokens != t * h * w or h % merge or w % merge:
+        raise ValueError(f"{n_image_tokens} image tokens are not a square merge of the {t}x{h}x{w} patch grid")
+    return t, h // merge, w // merge
+
+
+def image_rollout(sample: Mapping, head_reduce: str = "mean") -> np.ndarray:
+    """The EOS row of the attention rollout onto the image tokens of one captured sample, on the image's
+    merged patch grid: ``[h, w]`` (frames averaged). The sample needs the full pattern (`patterns="full"`),
+    its `is_image` flags and `record["image_grid"]`."""
+    pattern = _patterns(sample["pattern"])
+    image = np.asarray(sample["is_image"], dtype=bool)
+    if not image.any():
+        raise ValueError("the sample has no image tokens")
+    t, h, w = merged_grid(sample["record"].get("image_grid"), int(image.sum()))
+    rollout = attention_rollout(pattern, head_reduce)[sample["eos_index"]]
+    return rollout[image].reshape(t, h, w).mean(axis=0)

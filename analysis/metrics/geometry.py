@@ -55,12 +55,25 @@ def anisotropy(x) -> float:
     return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
 
 
+def is_constant(x, rtol: float = 1e-6) -> bool:
+    """Whether every row of ``x [N, d]`` is the same vector (up to ``rtol`` of its scale): a representation
+    with no variance across inputs, such as the layer-0 EOS state (the EOS token's embedding for every input)."""
+    x = _matrix(x)
+    spread = float(np.abs(x - x.mean(axis=0)).max(initial=0.0))
+    return spread <= rtol * max(float(np.abs(x).max(initial=0.0)), np.finfo(float).tiny)
+
+
 def linear_cka(x, y) -> float:
     """Linear CKA (Kornblith et al., 2019) of ``x [N, d1]`` and ``y [N, d2]``:
-    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` on column-centred features."""
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` on column-centred features.
+
+    Undefined (NaN, without a warning) when either side is constant across the inputs (`is_constant`): a
+    representation that does not vary has no similarity structure to compare (0/0)."""
     x, y = _matrix(x, "x"), _matrix(y, "y")
     if len(x) != len(y):
         raise ValueError(f"x and y need the same samples, got {len(x)} and {len(y)} rows")
+    if is_constant(x) or is_constant(y):
+        return float("nan")
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
     cross = np.linalg.norm(y.T @ x) ** 2
@@ -69,11 +82,17 @@ def linear_cka(x, y) -> float:
 
 def cka_matrix(layers_a, layers_b) -> np.ndarray:
     """Layer-by-layer linear CKA between two checkpoints:
-    ``[N, La, d_a]``, ``[N, Lb, d_b]`` (same N samples) -> ``[La, Lb]``."""
+    ``[N, La, d_a]``, ``[N, Lb, d_b]`` (same N samples) -> ``[La, Lb]``; rows / columns of a layer that is
+    constant across the inputs (layer 0 of EOS states) are NaN (`linear_cka`)."""
     a, b = as_numpy(layers_a), as_numpy(layers_b)
     if a.ndim != 3 or b.ndim != 3:
         raise ValueError(f"expected [N, layers, d] arrays, got shapes {a.shape} and {b.shape}")
     return np.array([[linear_cka(a[:, i], b[:, j]) for j in range(b.shape[1])] for i in range(a.shape[1])])
+
+
+def geometry_summary(x) -> dict:
+    """Uniformity, effective rank and anisotropy of embeddings ``x [N, d]``, and ``n``."""
+    return dict(uniformity=uniformity(x), effective_rank=effective_rank(x), anisotropy=anisotropy(x), n=len(x))
 
 
 def principal_components(x, k: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,10 @@ Layouts built from one (query, positive) pair:
              (text->image retrieval, grounding crops), A = the positive image and B = the query text
 - contrastive: `[query][EOS]` and `[positive][EOS]`, encoded in one batch (queries first), plus optional
              text hard negatives (a positive text with one attribute word changed) as extra targets
+
+Several processes (torchrun / accelerate launch) build the same global batch and each keeps its rows
+(`local_part`: a contiguous block of the queries and one of the targets), so masking draws and padding
+are those of the single-process batch.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Callable, Iterator
 
 import torch
 
+from analysis import distributed
 from analysis.data import TASK_NAMES, training_examples
 from analysis.data.items import Example, Item
 from analysis.data.shapes import HELD_OUT
 from analysis.data.vocabulary import COLOURS, COLUMNS, NUMBERS, ROWS, SHAPES, SIZES
-from analysis.inputs import encode
+from analysis.inputs import Batch, encode
 from analysis.masks import A, B
 from analysis.train.objectives import MaskedBatch, PairBatch, base_model, mae_token_mask, mntp_mask, text_candidates
 
@@ -165,6 +170,67 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
         return out
 
     return make
+
+
+def batch_rows(batch: Batch, rows: range) -> Batch:
+    """Rows `rows` (a contiguous range) of a right-padded batch, with their images' patches: same length L."""
+    has_image = batch.is_image.any(1)
+    out = {name: getattr(batch, name)[rows.start:rows.stop] for name in
+           ("input_ids", "roles", "is_image", "mm_token_type_ids", "eos_index", "segment_ids")}
+    out["position_ids"] = batch.position_ids[:, rows.start:rows.stop]
+    out["pool"] = None if batch.pool is None else batch.pool[rows.start:rows.stop]
+    out["pixel_values"] = out["image_grid_thw"] = None
+    if batch.image_grid_thw is not None:
+        first, last = int(has_image[:rows.start].sum()), int(has_image[:rows.stop].sum())
+        if last > first:
+            patches = torch.cat([batch.image_grid_thw.new_zeros(1), batch.image_grid_thw.prod(-1).cumsum(0)])
+            out["pixel_values"] = batch.pixel_values[int(patches[first]):int(patches[last])]
+            out["image_grid_thw"] = batch.image_grid_thw[first:last]
+    return Batch(**out)
+
+
+def _image_tokens(batch: Batch, rows: range, merge: int) -> slice:
+    """The slice of a per-merged-image-token vector (e.g. the MAE mask) that belongs to `rows`' images."""
+    has_image = batch.is_image.any(1)
+    counts = [0] + (batch.image_grid_thw.prod(-1) // merge).cumsum(0).tolist()
+    return slice(counts[int(has_image[:rows.start].sum())], counts[int(has_image[:rows.stop].sum())])
+
+
+def local_part(step: dict, rank: int, size: int, merge: int = 4) -> dict:
+    """This rank's rows of a global step `{"recon"/"warmup": MaskedBatch, "pairs": PairBatch}` (contiguous blocks).
+
+    A PairBatch keeps a block of the queries and one of the targets, and the global `target_keys`: the
+    InfoNCE loss gathers every rank's embeddings back into the global order (`distributed.gather_with_grad`).
+    """
+    if size == 1:
+        return step
+    out = {}
+    for key, part in step.items():
+        if isinstance(part, PairBatch):
+            queries = distributed.blocks(part.n, size)[rank]
+            targets = distributed.blocks(len(part.target_keys), size)[rank]
+            q, t = batch_rows(part.batch, queries), batch_rows(part.batch, range(part.n + targets.start,
+                                                                                part.n + targets.stop))
+            out[key] = PairBatch(_concat(q, t), len(queries), part.target_keys)
+        else:
+            rows = distributed.blocks(part.batch.input_ids.shape[0], size)[rank]
+            mae = None
+            if part.mae_tokens is not None:
+                mae = part.mae_tokens[_image_tokens(part.batch, rows, merge)]
+            out[key] = MaskedBatch(batch_rows(part.batch, rows), part.labels[rows.start:rows.stop], mae)
+    return out
+
+
+def _concat(a: Batch, b: Batch) -> Batch:
+    """Rows of `a` then rows of `b` (both cut from one batch, so of the same length)."""
+    def cat(x, y, dim=0):
+        if x is None or y is None:
+            return x if y is None else y
+        return torch.cat([x, y], dim)
+
+    return Batch(**{name: cat(getattr(a, name), getattr(b, name), 1 if name == "position_ids" else 0)
+                    for name in ("input_ids", "roles", "is_image", "mm_token_type_ids", "position_ids", "eos_index",
+                                 "segment_ids", "pool", "pixel_values", "image_grid_thw")})
 
 
 def prefetch(make: Callable[[int], dict], steps: range, depth: int = 3) -> Iterator[dict]:

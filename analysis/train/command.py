@@ -1,4 +1,7 @@
-"""`cocoa-lens train --recipe FILE --out DIR [--set key=value ...]`."""
+"""`cocoa-lens train --recipe FILE --out DIR [--set key=value ...]`.
+
+Data-parallel over N processes: `torchrun --nproc-per-node N -m analysis.cli train ...` (or `accelerate
+launch -m analysis.cli train ...`); rank 0 writes the checkpoint and prints the scores."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from analysis.arguments import nonnegative_int
 
 
 def _run(args: argparse.Namespace) -> int:
+    from analysis import distributed
     from analysis.train.recipe import load_recipe
     from analysis.train.runner import SCORES_FILE, train
 
@@ -19,6 +23,8 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     out = train(recipe, args.out, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
     scores = json.loads((out / SCORES_FILE).read_text())
     keys = ("overall", "overall_tie_robust", "ties", "ind_overall", "ind_overall_tie_robust", "meta_task", "split",
             "negatives", "embedding_spread")

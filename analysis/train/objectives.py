@@ -13,6 +13,12 @@
   (`analysis.embed.eos_states`), temperature 0.02. Other in-batch targets identical to the positive (same
   `Item.key`, e.g. two "red" answers) are removed from the negatives. `symmetric=True` adds target -> query.
   Optional extra targets (text hard negatives, `analysis.train.batches.perturb_text`) only add negatives.
+
+Several processes (torchrun / accelerate launch): each rank holds a slice of the global batch. Means over
+tokens divide by the count over all ranks, and InfoNCE gathers every rank's embeddings (this rank's keep
+their gradient), so every term's value is the single-process one and the sum over ranks of the
+parameter gradients is the single-process gradient (`analysis.distributed.all_reduce_grads`).
+`chunk_size` runs InfoNCE with gradient caching (`analysis.train.gradcache`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int  # noqa: F401  (shape annotations as in TransformerLens)
 from torch import Tensor
 
+from analysis import distributed
 from analysis.embed import eos_states
 from analysis.inputs import Batch
 from analysis.masks import A, additive_mask
@@ -109,7 +116,20 @@ def mntp_loss(hidden: Float[Tensor, "batch pos d_model"], labels: Int[Tensor, "b
     target = labels[:, 1:]
     chosen = target != IGNORE
     logits = lm_head(hidden[:, :-1][chosen]).float()
+    if reduction == "mean" and distributed.active():
+        return global_mean(F.cross_entropy(logits, target[chosen], reduction="sum"), chosen.sum())
     return F.cross_entropy(logits, target[chosen], reduction=reduction)
+
+
+def global_mean(total: Tensor, count: Tensor | int) -> Tensor:
+    """A mean over the elements of all ranks, from this rank's `total` (sum) and `count`.
+
+    Its value is the global mean on every rank; its gradient is this rank's share (total / global count),
+    so the ranks' gradients sum to the global mean's. In one process: `total / count`.
+    """
+    global_count = distributed.all_reduce_sum(torch.as_tensor(count, device=total.device, dtype=total.dtype))
+    part = total / global_count
+    return part + (distributed.all_reduce_sum(part) - part).detach()
 
 
 # -- MAE -------------------------------------------------------------------------------------------
@@ -163,6 +183,8 @@ def mae_loss(decoder: MAEDecoder, image_states: Float[Tensor, "tokens d_model"],
     token_mask = token_mask.to(image_states.device)
     pred = decoder(image_states[token_mask]).float()
     target = pixel_values.view(-1, decoder.merge, decoder.patch_dim)[token_mask].float()
+    if distributed.active():
+        return global_mean(F.mse_loss(pred, target, reduction="sum"), pred.numel())
     return F.mse_loss(pred, target)
 
 
@@ -256,27 +278,42 @@ def recon_loss(model, mb: MaskedBatch, mask_type: str, **forward_kwargs) -> Tens
 
 
 def contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: float = 0.02,
-                     symmetric: bool = False) -> Tensor:
-    """InfoNCE between the EOS states of `[query][EOS]` and `[target][EOS]`, both under `embed_mask`."""
+                     symmetric: bool = False, chunk_size: int | None = None, weight: float = 1.0) -> Tensor:
+    """InfoNCE between the EOS states of `[query][EOS]` and `[target][EOS]`, both under `embed_mask`.
+
+    Across ranks the queries and targets of all ranks are gathered (in global order) before the loss.
+    With `chunk_size` the loss is computed with gradient caching and `weight` x its gradient is already
+    accumulated into the parameters' `.grad` when this returns (the returned value is detached).
+    """
+    if chunk_size:
+        from analysis.train.gradcache import cached_contrastive_loss
+
+        return cached_contrastive_loss(model, pb, embed_mask, temperature, symmetric, chunk_size, weight)
     states = eos_states(base_model(model), pb.batch, embed_mask)
-    return info_nce(states[:pb.n], states[pb.n:], temperature, pb.target_keys, symmetric)
+    query, target = distributed.gather_with_grad(states[:pb.n]), distributed.gather_with_grad(states[pb.n:])
+    return info_nce(query, target, temperature, pb.target_keys, symmetric)
 
 
 def bridged_loss(model, recon: MaskedBatch | None, pairs: PairBatch | None, recon_weight: float, mask_type: str,
-                 embed_mask: str, temperature: float = 0.02, symmetric: bool = False) -> dict[str, Tensor]:
-    """Stage 2: `λ·L_recon + (1-λ)·L_infonce`; a branch whose weight is 0 is not computed at all."""
+                 embed_mask: str, temperature: float = 0.02, symmetric: bool = False,
+                 chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Stage 2: `λ·L_recon + (1-λ)·L_infonce`; a branch whose weight is 0 is not computed at all.
+
+    With `chunk_size` the InfoNCE branch uses gradient caching: its `(1-λ)`-weighted gradient is accumulated
+    at once and its term is detached (backpropagate `loss` for the reconstruction part)."""
     out: dict[str, Tensor] = {}
     total = 0.0
     if recon_weight > 0:
         out["recon"] = recon_loss(model, recon, mask_type)
         total = total + recon_weight * out["recon"]
     if recon_weight < 1:
-        out["infonce"] = contrastive_loss(model, pairs, embed_mask, temperature, symmetric)
+        out["infonce"] = contrastive_loss(model, pairs, embed_mask, temperature, symmetric, chunk_size,
+                                          1 - recon_weight)
         total = total + (1 - recon_weight) * out["infonce"]
     out["loss"] = total
     return out
 
 
 __all__ = ["IGNORE", "MAEDecoder", "MaskedBatch", "PairBatch", "bridged_loss", "contrastive_loss", "forward_hidden",
-           "info_nce", "input_embeddings", "mae_loss", "mae_token_mask", "mask_pixels", "mask_token_id", "mntp_loss",
-           "mntp_mask", "recon_loss", "text_candidates", "warmup_loss"]
+           "global_mean", "info_nce", "input_embeddings", "mae_loss", "mae_token_mask", "mask_pixels", "mask_token_id",
+           "mntp_loss", "mntp_mask", "recon_loss", "text_candidates", "warmup_loss"]

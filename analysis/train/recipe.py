@@ -140,22 +140,41 @@ class WarmupStage(Stage):
             raise UsageError(f"{path}.mae_weight must be >= 0; got {self.mae_weight}")
 
 
+def _check_chunk_size(value: int | None, path: str) -> None:
+    if value is not None:
+        _positive(value, f"{path}.chunk_size")
+
+
 @dataclass
 class BridgedStage(Stage):
-    """Stage 2: `[A][EOS][B]` under `mask`, MNTP on `mntp_prob` of B; mixed with InfoNCE when λ < 1."""
+    """Stage 2: `[A][EOS][B]` under `mask`, MNTP on `mntp_prob` of B; mixed with InfoNCE when λ < 1.
+
+    `chunk_size` (null = off) embeds the InfoNCE batch in chunks of that many rows with gradient caching
+    (`analysis.train.gradcache`), so the contrastive batch may exceed memory."""
 
     mask: str = "eos_bridged"
     mntp_prob: float = 0.7
+    chunk_size: int | None = None
 
     def validate(self, path: str) -> None:
         super().validate(path)
         _choice(self.mask, MASK_TYPES, f"{path}.mask")
         _unit(self.mntp_prob, f"{path}.mntp_prob")
+        _check_chunk_size(self.chunk_size, path)
 
 
 @dataclass
 class ContrastiveStage(Stage):
-    """Stage 3: InfoNCE on `[query][EOS]` / `[target][EOS]`, both under the recipe's `embed_mask`."""
+    """Stage 3: InfoNCE on `[query][EOS]` / `[target][EOS]`, both under the recipe's `embed_mask`.
+
+    `chunk_size` (null = off): gradient caching over chunks of that many rows (`analysis.train.gradcache`),
+    e.g. the paper's global batch 1024 on 8 GPUs, 128 rows each, in chunks of 32."""
+
+    chunk_size: int | None = None
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _check_chunk_size(self.chunk_size, path)
 
 
 @dataclass

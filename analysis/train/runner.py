@@ -12,6 +12,12 @@ Output directory (itself a Hugging Face checkpoint once complete):
     out_dir/scores.json               mini-MMEB scores under the recipe's embed_mask and the weights' digest;
                                       written last = complete
 
+Under torchrun / accelerate launch (WORLD_SIZE > 1) every stage runs data-parallel: each rank builds the
+global batch, keeps its rows (`analysis.train.batches.local_part`), and the gradients are summed over
+ranks (`analysis.distributed.all_reduce_grads`, a bucketed all-reduce as DDP does; our objectives call the
+model's sub-modules, which DDP's forward hooks would miss), so N processes take the single-process steps
+on the same global batches. Only rank 0 writes files; each rank reads them back to resume.
+
 An interrupted run resumes from the last finished stage, or mid-stage from a partial state, and ends
 bit-identical to an uninterrupted run. A complete directory is returned after a cheap check of its files.
 A non-finite loss or gradient stops training (`NonFiniteTraining`) before anything of that stage is saved.
@@ -35,12 +41,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from analysis import distributed
 from analysis.checkpoints import open_checkpoint, quiet_hf
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import atomic_write_text, give_umask, make_temp_dir
 from analysis.models import build_tiny, save_checkpoint
-from analysis.train.batches import derived_seed, make_batch_fn, prefetch
+from analysis.train.batches import derived_seed, local_part, make_batch_fn, prefetch
 from analysis.train.objectives import (
     MAEDecoder,
     base_model,
@@ -67,9 +74,10 @@ class NonFiniteTraining(UsageError):
 
 # -- model -----------------------------------------------------------------------------------------
 def resolve_device(recipe: Recipe) -> torch.device:
+    """The recipe's device; under several processes `cuda` / `auto` mean this rank's GPU (LOCAL_RANK)."""
     if recipe.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(recipe.device)
+        return torch.device(distributed.device("cuda") if torch.cuda.is_available() else "cpu")
+    return torch.device(distributed.device(recipe.device))
 
 
 def weight_dtype(recipe: Recipe) -> torch.dtype:
@@ -150,6 +158,8 @@ def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
         check_complete(out)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    if distributed.active():  # the ranks of one data-parallel run train it together (a lock would split them)
+        return train(base, out, progress=progress)
     with open(out.parent / f".{out.name}.lock", "w") as lock:  # parallel study workers train it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_complete(out):
@@ -205,9 +215,9 @@ def stage_loss_fn(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None)
         return lambda b: warmup_loss(model, decoder, b["warmup"], cfg.mask, cfg.mae_weight)
     if stage == "bridged":
         return lambda b: bridged_loss(model, b.get("recon"), b.get("pairs"), recipe.recon_weight, cfg.mask,
-                                      recipe.embed_mask, recipe.temperature, recipe.symmetric)
+                                      recipe.embed_mask, recipe.temperature, recipe.symmetric, cfg.chunk_size)
     return lambda b: {"loss": contrastive_loss(model, b["pairs"], recipe.embed_mask, recipe.temperature,
-                                               recipe.symmetric)}
+                                               recipe.symmetric, cfg.chunk_size)}
 
 
 def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, batches: Iterable[dict],
@@ -216,8 +226,9 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
     """Optimise `model` (and, in warm-up, `decoder`) over `batches`; return the per-step loss curve.
 
     `resume`: a state saved by this function (`load_partial`); `batches` then start at its `step`.
-    `save_to`: where to save the state every `save_every` steps. A non-finite loss or gradient raises
-    `NonFiniteTraining` naming the stage and step.
+    `save_to`: where to save the state every `save_every` steps (rank 0 writes it). A non-finite loss or
+    gradient raises `NonFiniteTraining` naming the stage and step. Under several processes `batches` are
+    global and each rank trains on its rows; gradients are summed over ranks before clipping.
     """
     cfg = getattr(recipe.stages, stage)
     torch.manual_seed(derived_seed(recipe.seed, stage, "torch"))
@@ -245,16 +256,20 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
         if resume["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
         curve, first, seconds = list(resume["curve"]), resume["step"], resume["seconds"]
+    rank, size = distributed.world() if distributed.active() else (0, 1)
+    merge = _merge(model)
     model.train()
     start = time.perf_counter()
     with tqdm(total=cfg.steps, initial=first, desc=f"{recipe.name} {stage}", disable=not progress, leave=False,
               mininterval=1.0) as bar:  # closed (and cleared) when a step raises
         for step, batch in enumerate(batches, first):
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in local_part(batch, rank, size, merge).items()}
             with autocast(device):
                 terms = loss_fn(batch)
             _check_finite(terms["loss"], "loss", recipe, stage, step)
-            terms["loss"].backward()
+            if terms["loss"].requires_grad:  # with gradient caching InfoNCE has already backpropagated
+                terms["loss"].backward()
+            distributed.all_reduce_grads(params)
             if cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
@@ -268,7 +283,8 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-            if save_to is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            if (save_to is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps
+                    and rank == 0):
                 _save_partial(save_to, {
                     "step": step + 1, "curve": curve, "seconds": seconds + time.perf_counter() - start,
                     "params": {n: p.detach().cpu() for n, p in trained.items() if p.requires_grad},
@@ -278,6 +294,12 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
                     "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
     model.eval()
     return curve
+
+
+def _merge(model) -> int:
+    """Patches per merged image token of `model`'s vision tower (Qwen: 2x2)."""
+    vision = getattr(base_model(model).config, "vision_config", None)
+    return getattr(vision, "spatial_merge_size", 2) ** 2
 
 
 def _check_finite(value: torch.Tensor, what: str, recipe: Recipe, stage: str, step: int) -> None:
@@ -399,10 +421,13 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
         recipe = apply_overrides(recipe, list(overrides))
     recipe.require_stages()
     out = Path(out_dir)
-    _claim(out, recipe)
+    rank, _ = distributed.init()
+    main = rank == 0
+    _after_main(lambda: _claim(out, recipe))
     if is_complete(out):
         check_complete(out)
         return out
+    progress = progress and main
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
     device = resolve_device(recipe)
     done = finished_stages(out, recipe)
@@ -431,20 +456,44 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
         seconds = time.perf_counter() - start + (0.0 if resume is None else resume["seconds"])
         cpu = time.process_time() - cpu
         losses[stage] = curve
-        _save_stage(out, stage, model, processor, decoder, {"stage": stage, "steps": cfg.steps, "seconds": seconds,
-                                                            "cpu_seconds": cpu, "losses": curve})
-        partial.unlink(missing_ok=True)
+        record = {"stage": stage, "steps": cfg.steps, "seconds": seconds, "cpu_seconds": cpu, "losses": curve}
+        _after_main(lambda: (_save_stage(out, stage, model, processor, decoder, record),
+                             partial.unlink(missing_ok=True)))
         say(f"{recipe.name}: stage {stage} done ({cfg.steps} steps, {seconds:.1f}s, "
             f"loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f})")
     final = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     final.eval()
     scores = score(final, processor, recipe, device, progress, name=str(out))
-    with quiet_hf():
-        save_checkpoint(final, processor, out, extra={LOSSES_FILE: losses})
-    give_umask(out)
-    scores["weights_digest"] = weights_digest(out)
-    atomic_write_text(out / SCORES_FILE, json.dumps(scores, indent=2, sort_keys=True))
+
+    def finish() -> None:
+        with quiet_hf():
+            save_checkpoint(final, processor, out, extra={LOSSES_FILE: losses})
+        give_umask(out)
+        scores["weights_digest"] = weights_digest(out)
+        atomic_write_text(out / SCORES_FILE, json.dumps(scores, indent=2, sort_keys=True))
+
+    _after_main(finish)
     return out
+
+
+def _after_main(write: Callable[[], object]) -> None:
+    """Rank 0 runs `write` (files), then every rank waits for it; in one process, just `write()`.
+
+    An error on rank 0 reaches the others as a `UsageError` rather than a hang."""
+    if not distributed.active():
+        write()
+        return
+    error = None
+    if distributed.is_main():
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001  (re-raised below, on every rank)
+            error = err
+    message = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise UsageError(f"rank 0 failed: {message}")
 
 
 def score(model, processor, recipe: Recipe, device: torch.device | None = None, progress: bool = False,
@@ -462,7 +511,7 @@ def score(model, processor, recipe: Recipe, device: torch.device | None = None, 
     start = time.perf_counter()
     with autocast(device or torch.device("cpu")):
         result = evaluate(model, processor, datasets, recipe.embed_mask, recipe.eval.batch_size, progress=progress,
-                          name=name)
+                          name=name, split=True)
     ind = mmeb_scores([r for r in result["datasets"] if r["split"] == "ind"], groups=("meta_task", "negatives"))
     result.update(ind_overall=ind["overall"], ind_overall_tie_robust=ind["overall_tie_robust"],
                   ind_meta_task=ind["meta_task"], ind_negatives=ind["negatives"])
