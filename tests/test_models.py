@@ -76,3 +76,22 @@ def test_load_rejects_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(UsageError, match="qwen2_5_vl, qwen2_vl, qwen3_vl"):
         open_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_patch_embedding_as_matmul_equals_the_convolution(name):
+    """The training path's matrix-product patch embedding against Hugging Face's Conv3d on an untouched copy."""
+    import copy
+
+    from analysis.models import build_tiny, patch_embedding_as_matmul
+
+    model, processor = build_tiny(name)
+    reference = copy.deepcopy(model)
+    assert patch_embedding_as_matmul(model) == 1
+    pixels = torch.randn(64, 3 * 2 * 14 * 14)
+    ours = model.model.visual.patch_embed(pixels)
+    theirs = reference.model.visual.patch_embed(pixels)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    ours.sum().backward()
+    assert model.model.visual.patch_embed.proj.weight.grad is not None

@@ -72,6 +72,9 @@ class CaptureSpec:
     data_seed: draws the captured samples, the same for every checkpoint, so that any two captures line up
         sample by sample (CKA and side-by-side comparisons need that).
     retrieval: captured for the lowest of these seeds only, when `layerwise_analyses` runs.
+    all_masks_seeds: the capture seeds captured under every mask in `masks`, with the flow set (null: all of
+        them); the other capture seeds are captured under their cell's own mask only, without the flow set
+        (what the report's probe table and the paper's questions read), so extra seeds cost little.
     """
 
     dataset: str = "mini-mmeb"
@@ -81,10 +84,15 @@ class CaptureSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     data_seed: int = 0
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
+    all_masks_seeds: list[int] | None = None
 
     def settings(self) -> dict:
         """What fixes the probe and flow captures' content (everything but which checkpoints are captured)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("seeds", "retrieval")}
+        return {k: v for k, v in asdict(self).items() if k not in ("seeds", "retrieval", "all_masks_seeds")}
+
+    def all_masks(self, seed: int) -> bool:
+        """Whether checkpoints of `seed` are captured under every mask (with the flow set)."""
+        return self.all_masks_seeds is None or seed in self.all_masks_seeds
 
 
 @dataclass
@@ -172,6 +180,10 @@ class StudyConfig:
                              f"{self.capture.n}, {self.capture.flow_n}")
         for m in self.capture.masks:
             check_mask_type(m)
+        every = self.capture.all_masks_seeds
+        if every is not None and (not set(every) <= set(self.capture.seeds) or min(self.capture.seeds) not in every):
+            raise UsageError(f"capture.all_masks_seeds: {every}; list capture seeds ({self.capture.seeds}), the lowest "
+                             f"among them (the figures and the comparison read its captures under every mask)")
         valid = PER_RUN_NOTEBOOKS + SUMMARY_NOTEBOOKS
         bad = [n for n in [*self.notebooks, *self.notebook_params] if n not in valid]
         if bad:

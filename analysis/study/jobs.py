@@ -20,7 +20,8 @@ def train_job(recipe: str, overrides: list[str], run: RunDir) -> None:
 
 def capture_masks(spec: dict) -> dict[str, list[str]]:
     """`{capture kind: mask types}` a capture spec (`Study.capture_spec`) asks for."""
-    masks = {"probe": spec["masks"], "probe_b": spec.get("probe_b", []), "flow": spec["masks"]}
+    masks = {"probe": spec["masks"], "probe_b": spec.get("probe_b", []),
+             "flow": spec["masks"] if spec["flow_n"] else []}
     if "retrieval" in spec:
         masks["retrieval"] = spec["retrieval"]["masks"]
     return masks
@@ -44,8 +45,9 @@ def capture_job(run: RunDir, spec: dict) -> None:
     if spec.get("probe_b"):
         capture(checkpoint, spec["dataset"], spec["probe_b"], run.capture("probe_b"), n=spec["n"], seed=seed,
                 patterns="eos", with_target=True)
-    capture(checkpoint, spec["dataset"], spec["masks"], run.capture("flow"), n=spec["flow_n"], seed=seed,
-            patterns="full", with_target=True)
+    if spec["flow_n"]:  # 0: a seed captured under its own mask only (`CaptureSpec.all_masks_seeds`)
+        capture(checkpoint, spec["dataset"], spec["masks"], run.capture("flow"), n=spec["flow_n"], seed=seed,
+                patterns="full", with_target=True)
     if "retrieval" in spec:
         retrieval = spec["retrieval"]
         datasets = build_mini_mmeb(retrieval["n"], seed=seed, splits=tuple(retrieval["splits"]))

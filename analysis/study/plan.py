@@ -65,7 +65,9 @@ class Plan:
         from analysis.train.recipe import EMBED_MASKS
 
         spec = dict(self.config.capture.settings(), checkpoint_digest=weights_digest(run.checkpoint))
-        bridged = [m for m in self.config.capture.masks if m in BRIDGED]
+        if not self.config.capture.all_masks(run.seed):
+            spec.update(masks=[run.mask_type], flow_n=0)
+        bridged = [m for m in spec["masks"] if m in BRIDGED]
         if bridged:
             spec["probe_b"] = bridged
         if self.layerwise(run):
@@ -78,7 +80,8 @@ class Plan:
         for nb in PER_RUN_NOTEBOOKS:
             if nb not in self.config.notebooks or (nb == LAYERWISE and "retrieval" not in spec):
                 continue
-            if run.seed not in self.config.notebook_seeds.get(nb, [run.seed]):
+            if run.seed not in self.config.notebook_seeds.get(nb, [run.seed]) or (nb == "attention_flow"
+                                                                                  and not spec["flow_n"]):
                 continue
             out = run.notebook(nb)
             if nb == LAYERWISE:
@@ -87,7 +90,7 @@ class Plan:
                               data_seed=spec["data_seed"], n=retrieval["n"], splits=retrieval["splits"],
                               mask_types=retrieval["masks"], output_dir=str(out))
             else:
-                params = dict(capture_dir=str(run.capture("probe")), mask_types=self.config.capture.masks,
+                params = dict(capture_dir=str(run.capture("probe")), mask_types=spec["masks"],
                               seed=run.seed, output_dir=str(out))
             if nb == "attention_flow":
                 params.update(checkpoint=str(run.checkpoint), flow_dir=str(run.capture("flow")))

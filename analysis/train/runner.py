@@ -46,7 +46,7 @@ from analysis.checkpoints import open_checkpoint, quiet_hf
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import atomic_write_text, give_umask, make_temp_dir
-from analysis.models import build_tiny, save_checkpoint
+from analysis.models import build_tiny, patch_embedding_as_matmul, save_checkpoint
 from analysis.train.batches import derived_seed, local_part, make_batch_fn, prefetch
 from analysis.train.objectives import (
     MAEDecoder,
@@ -98,6 +98,7 @@ def build_model(recipe: Recipe, device: torch.device | None = None, checkpoint: 
         model, processor = _load_backbone(recipe, checkpoint)
     if recipe.lora.enabled:
         model = _with_lora(model, recipe, adapter=checkpoint)
+    patch_embedding_as_matmul(model)
     return model.to(device), processor
 
 
