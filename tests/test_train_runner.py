@@ -163,6 +163,11 @@ def test_backbone_can_be_a_base_recipe_trained_once_and_cached(tmp_path, monkeyp
     assert open_checkpoint(out).model.config.text_config.hidden_size == 32
     with pytest.raises(ValueError, match="apply to the tiny backbones"):
         apply_overrides(child, ["backbone.hidden_size=64"])
+    # the child is current for its recipe and base; another recipe, or an edited base recipe, makes it stale
+    assert runner.is_current(out, child)
+    assert not runner.is_current(out, apply_overrides(child, ["stages.contrastive.steps=2"]))
+    (tmp_path / "base.yaml").write_text(apply_overrides(base, ["stages.pretrain.steps=3"]).to_yaml())
+    assert not runner.is_current(out, child)
 
 
 # -- nothing wrong passes silently (issue 12) --------------------------------------------------------

@@ -13,9 +13,20 @@ from analysis.study_dir import METRICS_FILE, STAMP_FILE, RunDir
 
 
 def train_job(recipe: str, overrides: list[str], run: RunDir) -> None:
+    """Train the run; a checkpoint left by another recipe or base (`train_current`) is derived data: retrained."""
     from analysis.train import train
 
+    if run.checkpoint.exists() and not train_current(recipe, overrides, run):
+        shutil.rmtree(run.checkpoint)
     train(recipe, run.checkpoint, progress=False, overrides=overrides)
+
+
+def train_current(recipe: str, overrides: list[str], run: RunDir) -> bool:
+    """Whether the run's checkpoint is complete and trained by this recipe (with the overrides) from its base."""
+    from analysis.train.recipe import load_recipe
+    from analysis.train.runner import is_current
+
+    return is_current(run.checkpoint, load_recipe(recipe, overrides))
 
 
 def capture_masks(spec: dict) -> dict[str, list[str]]:

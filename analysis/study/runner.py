@@ -77,8 +77,9 @@ class Study:
         return self.plan.notebook_stamp(job)
 
     def _train(self, run: RunDir) -> Job:
-        return Job("train", run.name, job_bodies.train_job, (self.plan.recipe(run), self.plan.overrides(run), run),
-                   follow=lambda: self._capture(run), done=run.trained)
+        args = (self.plan.recipe(run), self.plan.overrides(run), run)
+        return Job("train", run.name, job_bodies.train_job, args, follow=lambda: self._capture(run),
+                   done=job_bodies.train_current(*args))
 
     def _capture(self, run: RunDir) -> list[Job]:
         if not self.plan.captures(run):

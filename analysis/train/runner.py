@@ -361,6 +361,26 @@ def is_complete(out_dir: str | Path) -> bool:
     return (Path(out_dir) / SCORES_FILE).is_file()
 
 
+def base_name(recipe: Recipe) -> str | None:
+    """The cached base a recipe-backed backbone resolves to (`<stem>-<digest>`, see `base_checkpoint`); None for
+    a tiny or directory backbone. Recorded in scores.json: editing the base recipe makes its checkpoints stale."""
+    if not recipe.backbone.is_recipe:
+        return None
+    path = resolve_path(recipe.backbone.name)
+    return f"{path.stem}-{result_digest(load_recipe(path))}"
+
+
+def is_current(out_dir: str | Path, recipe: Recipe) -> bool:
+    """Whether `out_dir` is a complete checkpoint of `recipe` as it reads now: the same recipe (result-neutral
+    keys aside) trained from the same base."""
+    out = Path(out_dir)
+    if not is_complete(out) or not (out / RECIPE_FILE).is_file():
+        return False
+    held = Recipe.from_yaml((out / RECIPE_FILE).read_text())
+    same = not [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]
+    return same and json.loads((out / SCORES_FILE).read_text()).get("base") == base_name(recipe)
+
+
 def check_complete(out: Path) -> None:
     """Raise unless a complete directory's files are intact: JSON and safetensors headers parse, sizes fit, and
     the weights still have the digest recorded when training finished."""
@@ -471,6 +491,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
             save_checkpoint(final, processor, out, extra={LOSSES_FILE: losses})
         give_umask(out)
         scores["weights_digest"] = weights_digest(out)
+        scores["base"] = base_name(recipe)
         atomic_write_text(out / SCORES_FILE, json.dumps(scores, indent=2, sort_keys=True))
 
     _after_main(finish)
