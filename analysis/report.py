@@ -23,7 +23,7 @@ import numpy as np
 
 from analysis.io import atomic_write_text, write_json
 from analysis.metrics.retrieval import DEGENERATE_SPREAD, is_degenerate, mmeb_scores
-from analysis.study_dir import STUDY_FILE, RunDir, StudyDir  # noqa: F401 - STUDY_FILE: re-exported
+from analysis.study_dir import STUDY_FILE, RunDir, StudyDir, run_name  # noqa: F401 - STUDY_FILE: re-exported
 
 STATUSES = ("done", "skipped", "failed", "cancelled")
 COLUMNS = (("overall", "overall"), ("overall, ties split", "overall_tie_robust"), ("tied queries", "ties"),
@@ -126,6 +126,19 @@ def collect_probes(study_dir: StudyDir | str | Path) -> list[dict]:
                              content=content["accuracy"][-1], chance=eos["chance"],
                              selectivity_by_layer=list(eos["selectivity"])))
     return rows
+
+
+def collect_losses(study_dir: StudyDir | str | Path, rows: list[dict]) -> dict[str, tuple[list, list]]:
+    """`{"<cell>/<stage>": (steps, losses)}` of each cell's lowest seed among `rows` (`collect_scores` rows)."""
+    study_dir = _study_dir(study_dir)
+    first: dict[str, int] = {}
+    for r in rows:
+        first[r["cell"]] = min(first.get(r["cell"], r["seed"]), r["seed"])
+    curves = {}
+    for cell, seed in first.items():
+        for stage, points in study_dir.run(run_name(cell, seed)).losses().items():
+            curves[f"{cell}/{stage}"] = ([p["step"] for p in points], [p["loss"] for p in points])
+    return curves
 
 
 def probe_table(rows: list[dict]) -> str:

@@ -27,6 +27,7 @@ TIMINGS_FILE = "timings.json"
 STAMP_FILE = "stamp.json"  # in a capture or notebook folder: the settings (and inputs) it was made with
 METRICS_FILE = "metrics.json"  # in a notebook folder: what the notebook measured
 SCORES_FILE = "scores.json"  # in a checkpoint: its mini-MMEB scores (written last: the checkpoint is complete)
+LOSSES_FILE = "losses.json"  # in a checkpoint: {stage: [{"step", "loss", ...}, ...]}
 SUMMARY = "summary"  # the notebooks folder of the summary notebooks
 CAPTURE_KINDS = ("probe", "probe_b", "flow", "retrieval")
 RETRIEVAL_SIDES = ("queries", "candidates")
@@ -87,6 +88,10 @@ class RunDir:
     def scores(self) -> dict | None:
         """The checkpoint's `scores.json`, or None when it is not trained (or not scored) yet."""
         return read_json(self.checkpoint / SCORES_FILE)
+
+    def losses(self) -> dict:
+        """The checkpoint's loss curves `{stage: [{"step", "loss", ...}]}` ({} when not trained yet)."""
+        return read_json(self.checkpoint / LOSSES_FILE) or {}
 
     @property
     def trained(self) -> bool:

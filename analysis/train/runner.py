@@ -42,11 +42,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from analysis import distributed
-from analysis.checkpoints import open_checkpoint, quiet_hf
+from analysis.checkpoints import RECIPE_FILE, open_checkpoint, quiet_hf
 from analysis.digest import weights_digest
 from analysis.errors import UsageError
 from analysis.io import atomic_write_text, give_umask, make_temp_dir
 from analysis.models import build_tiny, patch_embedding_as_matmul, save_checkpoint
+from analysis.study_dir import LOSSES_FILE, SCORES_FILE
 from analysis.train.batches import derived_seed, local_part, make_batch_fn, prefetch
 from analysis.train.objectives import (
     MAEDecoder,
@@ -59,8 +60,7 @@ from analysis.train.objectives import (
 )
 from analysis.train.recipe import Recipe, Stage, load_recipe
 
-RECIPE_FILE, SCORES_FILE, LOSSES_FILE, STAGE_FILE, HEADS_FILE = (
-    "recipe.yaml", "scores.json", "losses.json", "stage.json", "train_heads.safetensors")
+STAGE_FILE, HEADS_FILE = "stage.json", "train_heads.safetensors"
 RESULT_NEUTRAL = ("save_every",)  # recipe keys that do not change the result: a run may resume under others
 
 
@@ -335,6 +335,11 @@ def load_partial(path: Path) -> dict | None:
 
 
 # -- directory bookkeeping --------------------------------------------------------------------------
+def result_differences(recipe: Recipe, held: Recipe) -> list[str]:
+    """The keys in which two recipes differ, result-neutral ones (`RESULT_NEUTRAL`) left out."""
+    return [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]
+
+
 def _claim(out: Path, recipe: Recipe) -> None:
     """Write recipe.yaml into `out`, or check that the one there is the same recipe."""
     if out.exists() and not out.is_dir():
@@ -342,7 +347,7 @@ def _claim(out: Path, recipe: Recipe) -> None:
     path = out / RECIPE_FILE
     if path.exists():
         held = Recipe.from_yaml(path.read_text())
-        if [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]:
+        if result_differences(recipe, held):
             raise RecipeMismatch(
                 f"{out} holds recipe {held.name!r} ({path}), which differs from recipe {recipe.name!r} in "
                 f"{', '.join(recipe.differences(held))}; choose another --out or delete {out}")
@@ -377,8 +382,8 @@ def is_current(out_dir: str | Path, recipe: Recipe) -> bool:
     if not is_complete(out) or not (out / RECIPE_FILE).is_file():
         return False
     held = Recipe.from_yaml((out / RECIPE_FILE).read_text())
-    same = not [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]
-    return same and json.loads((out / SCORES_FILE).read_text()).get("base") == base_name(recipe)
+    trained_from = json.loads((out / SCORES_FILE).read_text()).get("base")
+    return not result_differences(recipe, held) and trained_from == base_name(recipe)
 
 
 def check_complete(out: Path) -> None:
