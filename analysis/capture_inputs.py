@@ -7,7 +7,7 @@ from itertools import islice
 
 from PIL import Image
 
-from analysis.lens.store import Capture
+from analysis.lens.store import Capture, SampleRecord
 
 
 def captured_image(capture: Capture, i: int) -> Image.Image | None:
@@ -17,7 +17,7 @@ def captured_image(capture: Capture, i: int) -> Image.Image | None:
     from analysis.lens.sources import samples  # the data builders: only when an image is asked for
 
     record = capture.records[i]
-    if not record.get("has_image"):
+    if not record.has_image:
         return None
     meta = capture.meta
     try:
@@ -25,11 +25,11 @@ def captured_image(capture: Capture, i: int) -> Image.Image | None:
         redrawn = next(islice(stream, i, None), None)
     except Exception:  # noqa: BLE001 - a dataset that cannot be redrawn here: no image, the figure stays bare
         return None
-    if redrawn is None or redrawn.item.key != record["key"]:
+    if redrawn is None or redrawn.item.key != record.key:
         return None
     return redrawn.item.load_image()
 
 
-def sample_labels(records: list[dict], key: str) -> list[str]:
+def sample_labels(records: list[SampleRecord], key: str) -> list[str]:
     """Each captured sample's label `key`, else its metadata value `key` (e.g. "meta_task"), else "none"."""
-    return [str(r["labels"].get(key, r["meta"].get(key, "none"))) for r in records]
+    return [str(r.labels.get(key, r.meta.get(key, "none"))) for r in records]

@@ -80,7 +80,7 @@ def lined_up(a: Capture, b: Capture) -> int:
     """How many leading samples the two captures share (the same keys in the same order); raises when they
     hold different samples."""
     n = min(len(a), len(b))
-    if [r["key"] for r in a.records[:n]] != [r["key"] for r in b.records[:n]]:
+    if [r.key for r in a.records[:n]] != [r.key for r in b.records[:n]]:
         raise ValueError("the two captures hold different samples: capture both on the same dataset, n and seed")
     return n
 
@@ -91,9 +91,9 @@ def attention_pair(sides: tuple[Side, Side], mask: str, layer: int, sample: int,
     panels = []
     for side in sides:
         s = Capture.open(side.flow, mask).sample(sample)
-        pattern = np.asarray(s["pattern"])
+        pattern = np.asarray(s.pattern)
         block = attention_layer(layer, len(pattern))
-        panels.append(dict(pattern=pattern[block].mean(axis=0), roles=s["roles"], image=s["is_image"],
+        panels.append(dict(pattern=pattern[block].mean(axis=0), roles=s.token_labels(), image=s.is_image,
                            title=f"{side.name}: {mask}, layer {block + 1}, heads averaged"))
     return plots.attention_pair(panels, title=f"Attention, flow sample {sample}: {sides[0].name} vs {sides[1].name}",
                                 save=save)

@@ -49,6 +49,33 @@ class Batch:
             inputs.update(pixel_values=self.pixel_values.to(dtype), image_grid_thw=self.image_grid_thw)
         return inputs
 
+    def rows(self, rows: range) -> "Batch":
+        """Rows `rows` (a contiguous range) with their images' patches: same length L."""
+        has_image = self.is_image.any(1)
+        out = {name: getattr(self, name)[rows.start:rows.stop] for name in
+               ("input_ids", "roles", "is_image", "mm_token_type_ids", "eos_index", "segment_ids")}
+        out["position_ids"] = self.position_ids[:, rows.start:rows.stop]
+        out["pool"] = None if self.pool is None else self.pool[rows.start:rows.stop]
+        out["pixel_values"] = out["image_grid_thw"] = None
+        if self.image_grid_thw is not None:
+            first, last = int(has_image[:rows.start].sum()), int(has_image[:rows.stop].sum())
+            if last > first:
+                patches = torch.cat([self.image_grid_thw.new_zeros(1), self.image_grid_thw.prod(-1).cumsum(0)])
+                out["pixel_values"] = self.pixel_values[int(patches[first]):int(patches[last])]
+                out["image_grid_thw"] = self.image_grid_thw[first:last]
+        return Batch(**out)
+
+    def trimmed(self) -> "Batch":
+        """The batch without the columns that are PAD in every row (right padding past its longest row, e.g.
+        after taking some rows of a batch): the same states at every other position, for less compute."""
+        length = int((self.roles != PAD).sum(1).max()) if len(self.roles) else 0
+        if length == self.roles.shape[1]:
+            return self
+        cut = {name: getattr(self, name)[:, :length]
+               for name in ("input_ids", "roles", "is_image", "mm_token_type_ids", "segment_ids")}
+        return replace(self, **cut, position_ids=self.position_ids[..., :length],
+                       pool=None if self.pool is None else self.pool[:, :length])
+
     def segments(self, index: int) -> list[str]:
         """Per-position segment names of sample `index` (see `analysis.presets.SEGMENTS`)."""
         return [SEGMENTS[s] for s in self.segment_ids[index].tolist()]

@@ -24,7 +24,8 @@ from matplotlib.patches import Patch
 
 from analysis.metrics.arrays import as_numpy
 
-# Colours of roles and segments, the same in every figure.
+# Colours of roles and token labels (`analysis.lens.store.token_labels`: image / text / EOS / B), the same in
+# every figure.
 ROLE_COLOURS = {
     "A": "#4C72B0",
     "image": "#8172B3",
@@ -99,8 +100,9 @@ def attention_heatmap(
     pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None,
     image: Sequence[bool] | None = None,
 ) -> Figure:
-    """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``;
-    roles or segment labels) along the keys (top) and queries (right), and a role legend.
+    """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``; a captured
+    sample's ``token_labels()``: image / text / EOS / B, or roles or segment names) along the keys (top) and
+    queries (right), and a role legend.
     ``image`` (length ``q``, True at the image tokens) frames the image block: dashed lines around its keys and
     queries, labelled "image tokens"."""
     p = as_numpy(pattern)

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.lens.store import Capture
+from analysis.lens.store import Capture, SampleRecord
 from analysis.metrics.probing import label_in_text, probe_attributes
 
 
-def group_of(record: dict) -> str:
+def group_of(record: SampleRecord) -> str:
     """The image a mini-MMEB input shows (its key is `<image id>|<text>`), else the whole input: probe folds
     are grouped by it."""
-    return record["key"].split("|", 1)[0]
+    return record.key.split("|", 1)[0]
 
 
 @dataclass
@@ -61,7 +61,7 @@ def probe_condition(capture: Capture, attributes: Sequence[str], n: int, layers=
     of samples whose text holds each label. `layers`: "all" or residual layer indices (0 = embeddings)."""
     records = capture.records[:n]
     groups = [group_of(r) for r in records]
-    texts = [f"{r.get('instruction', '')} {r['text']}" for r in records]
+    texts = [f"{r.instruction or ''} {r.text or ''}" for r in records]
     labels = {a: capture.labels(a)[:n] for a in attributes}
     in_text = {a: label_in_text(values, texts) for a, values in labels.items()}
     hidden = {a: [None if f else v for v, f in zip(values, in_text[a])] for a, values in labels.items()}
@@ -81,9 +81,9 @@ def probe_with_b(capture: Capture, attributes: Sequence[str], n: int, layers="al
                  seed: int = 0) -> ProbeSet:
     """EOS probes on the samples (of the first `n`) that have a B segment (a capture made with targets)."""
     captured = capture.records[:n]
-    with_b = [i for i, r in enumerate(captured) if r["has_b"]]
+    with_b = [i for i, r in enumerate(captured) if r.has_b]
     records = [captured[i] for i in with_b]
-    labels = {a: [r["labels"].get(a) for r in records] for a in attributes}
+    labels = {a: [r.labels.get(a) for r in records] for a in attributes}
     probe_set = ProbeSet("probes_with_b", "", "EOS", "all with B", f"probing_curves_with_b_{capture.mask_type}",
                          n=len(with_b))
     return _probe(_layers(capture.eos_states()[with_b], layers), labels, [group_of(r) for r in records], cv, seed,

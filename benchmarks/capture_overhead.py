@@ -43,7 +43,7 @@ from analysis.inputs import encode  # noqa: E402
 from analysis.lens import boot, capture  # noqa: E402
 from analysis.lens.recorder import Recorder  # noqa: E402
 from analysis.lens.sources import samples  # noqa: E402
-from analysis.lens.store import ShardWriter  # noqa: E402
+from analysis.lens.store import CaptureSettings, SampleRecord, ShardWriter  # noqa: E402
 from analysis.models import build_processor, build_tiny  # noqa: E402
 
 
@@ -68,10 +68,13 @@ def compare(model, processor, batches: list, rounds: int, device: str = "cpu") -
     def captured():
         n = sum(len(b.input_ids) for b in batches)
         with tempfile.TemporaryDirectory() as out, recorder.installed():
-            writer = ShardWriter(out, dict(format="bench", n=n, mask_type="causal"), 512)
+            settings = CaptureSettings(format="bench", checkpoint="bench", checkpoint_digest=None, preset="plain",
+                                       mask_type="causal", dataset="bench", seed=0, n=n, with_target=False,
+                                       patterns="eos", hooks=(), dtype=str(dtype))
+            writer, record = ShardWriter(out, settings, 512), SampleRecord("bench", None, None, False, None, False)
             for batch in batches:
                 for sample in recorder.run(batch, "causal"):
-                    writer.add(dict(sample, record=dict(has_b=False)))
+                    writer.add(dict(sample, record=record))
             writer.finish()
 
     runs = {"sdpa": lambda: plain("sdpa"), "eager": lambda: plain("eager"), "capture": captured}

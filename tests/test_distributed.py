@@ -7,6 +7,7 @@ cocoa-lens command line, with rank 1 killed after COCOA_LENS_TEST_KILL_AFTER sha
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -43,11 +44,12 @@ def _assert_same_capture(a_dir: Path, b_dir: Path) -> None:
     assert a.records == b.records
     for i in range(len(a)):
         x, y = a.sample(i), b.sample(i)
-        for key, value in x.items():
+        for field in dataclasses.fields(x):
+            value, other = getattr(x, field.name), getattr(y, field.name)
             if isinstance(value, np.ndarray):
-                assert np.array_equal(value, y[key]), (i, key)
+                assert np.array_equal(value, other), (i, field.name)
             else:
-                assert value == y[key], (i, key)
+                assert value == other, (i, field.name)
     for name in ("eos_resid", "content_mean", "eos_final", "embedding"):
         assert np.array_equal(a._stack(name), b._stack(name)), name
 

@@ -82,7 +82,7 @@ def _copying_model(word: str):
 def test_a_model_whose_eos_copies_a_token_ranks_it_first_from_layer_1(tmp_path, mask_type):
     model, processor, word_id, eos_id = _copying_model("red")
     (cap,) = capture((model, processor), [Item("red")], mask_type, tmp_path, patterns="none").values()
-    assert cap.sample(0)["roles"] == ["A", "EOS"]
+    assert cap.sample(0).roles == ["A", "EOS"]
     lens = EosLens.from_model(model)
     ranks, logprobs = lens.target_ranks(cap.eos_states()[0], [word_id, eos_id])
     assert ranks[0].tolist() == [2, 1]  # the embeddings: EOS is its own token, `red` ties with everything else

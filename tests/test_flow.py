@@ -1,7 +1,10 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from analysis.lens.store import CapturedSample, SampleRecord
 from analysis.metrics.flow import (
     ROLE_NAMES,
     attention_flow,
@@ -201,10 +204,11 @@ from analysis.metrics.flow import (  # noqa: E402
 def _captured(pattern, roles, segments, is_image=None, image_grid=None, rows=None):
     """A sample as `Capture.sample` gives it."""
     n = pattern.shape[-1]
-    return dict(pattern=pattern, roles=roles, segments=segments, eos_index=roles.index("EOS"),
-                query_positions=np.arange(n) if rows is None else np.asarray(rows),
-                is_image=np.zeros(n, bool) if is_image is None else np.asarray(is_image),
-                record={"image_grid": image_grid})
+    record = SampleRecord("k", "text", None, image_grid is not None, None, "B" in roles, image_grid=image_grid)
+    return CapturedSample(roles=roles, is_image=np.zeros(n, bool) if is_image is None else np.asarray(is_image),
+                          segments=segments, input_ids=np.zeros(n, np.int32), eos_index=roles.index("EOS"),
+                          eos_resid=np.zeros((1, 1), np.float32), eos_final=np.zeros(1, np.float32), record=record,
+                          pattern=pattern, query_positions=np.arange(n) if rows is None else np.asarray(rows))
 
 
 def test_mean_eos_budget_averages_samples_and_counts_missing_segments_as_zero():
@@ -246,7 +250,7 @@ def test_image_rollout_lies_on_the_real_image_grid():
     grid = image_rollout(sample)
     assert grid.shape == (2, 3)
     np.testing.assert_allclose(grid.ravel(), attention_rollout(pattern)[8, 1:7])
-    sample["record"] = {"image_grid": None}
+    sample = dataclasses.replace(sample, record=dataclasses.replace(sample.record, image_grid=None))
     with pytest.raises(ValueError, match="recapture with this version"):
         image_rollout(sample)
 

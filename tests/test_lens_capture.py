@@ -78,16 +78,18 @@ def test_stored_states_equal_an_independent_forward(side_by_side, tiny_vl, mask_
         pooled = torch.einsum("bl,bld->bd", content, hidden[layer]) / content.sum(1, keepdim=True)
         np.testing.assert_allclose(cap.content_mean(layer=layer), pooled.numpy(), atol=1e-5)
     records = cap.records
-    assert [r["key"] for r in records] == [s.item.key for s in stream]
+    assert [r.key for r in records] == [s.item.key for s in stream]
     assert cap.labels("colour") == [s.labels.get("colour") for s in stream]
-    assert {r["meta"]["meta_task"] for r in records} == {"classification", "vqa", "retrieval", "grounding"}
+    assert {r.meta["meta_task"] for r in records} == {"classification", "vqa", "retrieval", "grounding"}
     for i in (0, 7, 29):  # ragged: each sample keeps exactly its own positions
         sample, n = cap.sample(i), int((batch.roles[i] != PAD).sum())
-        assert len(sample["roles"]) == n and sample["input_ids"].tolist() == batch.input_ids[i, :n].tolist()
-        assert sample["segments"] == batch.segments(i)[:n]
-        assert sample["pattern"].shape == (4, 4, 1 + sample["roles"].count("B"), n)
-        rows = attentions[i][:, :, sample["query_positions"].tolist(), :n]  # eager's own rows
-        np.testing.assert_allclose(sample["pattern"], rows.numpy(), atol=1e-5, rtol=0)
+        assert len(sample.roles) == n and sample.input_ids.tolist() == batch.input_ids[i, :n].tolist()
+        assert sample.segments == batch.segments(i)[:n]
+        assert sample.is_image.tolist() == batch.is_image[i, :n].tolist()
+        assert sample.pattern.shape == (4, 4, 1 + sample.roles.count("B"), n)
+        assert sample.record == records[i] and sample.record.has_b == ("B" in sample.roles)
+        rows = attentions[i][:, :, sample.query_positions.tolist(), :n]  # eager's own rows
+        np.testing.assert_allclose(sample.pattern, rows.numpy(), atol=1e-5, rtol=0)
     total_tokens = int((batch.roles != PAD).sum())
     assert sum(np.load(p / "roles.npy").size for p in sorted(cap.directory.glob("shard-*"))) == total_tokens
 
@@ -128,7 +130,7 @@ def test_interrupted_capture_resumes_from_the_last_complete_shard(side_by_side, 
         assert len(cap) == 30 and cap.meta["complete"]
         np.testing.assert_array_equal(cap.eos_states(), reference.eos_states())
         for i in range(30):
-            np.testing.assert_array_equal(cap.sample(i)["pattern"], reference.sample(i)["pattern"])
+            np.testing.assert_array_equal(cap.sample(i).pattern, reference.sample(i).pattern)
         assert cap.records == reference.records
 
 
@@ -144,8 +146,8 @@ def test_full_patterns_run_eager_and_hold_the_eos_row(tiny_vl, tmp_path):
     assert (full.meta["attn_implementation"], eos.meta["attn_implementation"]) == ("eager", "sdpa")
     for i in range(3):
         f, e = full.sample(i), eos.sample(i)
-        assert f["pattern"].shape[2:] == (len(f["roles"]), len(f["roles"]))
-        np.testing.assert_allclose(e["pattern"][:, :, 0], f["pattern"][:, :, f["eos_index"]], atol=1e-5, rtol=0)
+        assert f.pattern.shape[2:] == (len(f.roles), len(f.roles))
+        np.testing.assert_allclose(e.pattern[:, :, 0], f.pattern[:, :, f.eos_index], atol=1e-5, rtol=0)
 
 
 def test_bridged_without_b_equals_bidirectional_and_says_so(tiny_vl, tmp_path):
@@ -170,4 +172,4 @@ def test_extra_hooks_and_checkpoint_directories(tmp_path):
     assert cap.meta["preset"] == "plain"  # under the recipe's embed_mask: the default mask list is ["causal"]
     assert cap.hook("blocks.1.hook_resid_mid").shape == (5, 128)
     assert cap.hook("blocks.2.attn.hook_z").shape[0] == 5
-    assert cap.labels("digit")[0] is not None and cap.records[0]["meta"]["dataset"] == "digits"
+    assert cap.labels("digit")[0] is not None and cap.records[0].meta["dataset"] == "digits"

@@ -86,7 +86,7 @@ def test_capture_stores_the_preset_embedding(tiny, tmp_path):
     cap = capture((model, processor), ITEMS, None, tmp_path / "moca", preset="moca")["bidirectional"]
     assert cap.meta["preset"] == "moca" and cap.meta["preset_record"]["pooling"] == "mean"
     torch.testing.assert_close(F.normalize(torch.tensor(cap.embeddings()), dim=-1), expected, atol=1e-5, rtol=1e-5)
-    assert cap.sample(0)["segments"][0] == "vision"
+    assert cap.sample(0).segments[0] == "vision"
 
 
 def test_a_tokenizer_without_the_template_tokens_is_refused(tiny):

@@ -33,8 +33,8 @@ def test_capture_command_on_real_width_checkpoints(realwidth, inputs, tmp_path, 
     assert len(causal) == len(bidirectional) == 2
     assert causal.meta["preset"] == "vlm2vec" and causal.meta["d_model"] == 1536
     photo = causal.sample(0)
-    assert photo["segments"].count("image") == 345 and "vision" not in photo["segments"]  # bare <|image_pad|>
-    assert photo["segments"][-1] == "EOS" and causal.labels("kind") == ["photo", "caption"]
+    assert photo.segments.count("image") == 345 and "vision" not in photo.segments  # bare <|image_pad|>
+    assert photo.segments[-1] == "EOS" and causal.labels("kind") == ["photo", "caption"]
     # the masks were applied: the photograph's embedding differs between them
     assert not np.allclose(causal.embeddings()[0], bidirectional.embeddings()[0], atol=1e-4)
 

@@ -219,6 +219,23 @@ def test_lambda_zero_never_runs_the_recon_branch(tiny):
         model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("mask_type", ["causal", "bidirectional"])
+def test_queries_and_targets_embedded_apart_equal_the_joint_batch(tiny, mask_type):
+    """`PairBatch.parts` cuts each side to its own longest row: the EOS states are the joint batch's (padding
+    is never attended), while text targets stop paying for the image queries' length."""
+    from analysis.embed import eos_states
+
+    _, model, processor = tiny
+    pairs = pair_batch(processor, model, training_examples(8, seed=3))
+    queries, targets = pairs.parts()
+    assert queries.input_ids.shape[0] == pairs.n and targets.input_ids.shape[0] == pairs.batch.input_ids.shape[0] - pairs.n
+    assert min(queries.input_ids.shape[1], targets.input_ids.shape[1]) < pairs.batch.input_ids.shape[1]
+    with torch.no_grad():
+        joint = eos_states(model, pairs.batch, mask_type)
+        apart = torch.cat([eos_states(model, queries, mask_type), eos_states(model, targets, mask_type)])
+    torch.testing.assert_close(apart, joint, atol=1e-5, rtol=1e-5)
+
+
 def test_text_hard_negatives_change_one_attribute_and_never_make_held_out_combinations():
     import random
 

@@ -91,7 +91,7 @@ class EosLens:
 
 def states_by_key(capture: Capture) -> dict[str, np.ndarray]:
     """`{record key: EOS residual stream [layers+1, d]}` of a capture (layer-wise retrieval's input)."""
-    return dict(zip((r["key"] for r in capture.records), capture.eos_states()))
+    return dict(zip((r.key for r in capture.records), capture.eos_states()))
 
 
 def unique_candidates(datasets: Sequence[EvalDataset]) -> list:
@@ -117,7 +117,7 @@ def capture_retrieval(checkpoint, datasets: Sequence[EvalDataset], mask_types: s
     for folder, side, items in sides:
         captured[folder] = capture(checkpoint, items, mask_types, out_dir / folder, side=side, **capture_kwargs)
         for cap in captured[folder].values():
-            if [r["key"] for r in cap.records] != [it.key for it in items]:
+            if [r.key for r in cap.records] != [it.key for it in items]:
                 raise ValueError(f"{cap.directory} holds a capture of other inputs than these datasets' {folder}: "
                                  f"delete it, or capture into another directory")
     return {m: (captured["queries"][m], captured["candidates"][m]) for m in captured["queries"]}

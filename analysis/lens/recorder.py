@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,7 +35,8 @@ from analysis.inputs import Batch, encode
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.pattern_rows import PatternRows
 from analysis.lens.sources import samples
-from analysis.lens.store import FORMAT, INDEX, PATTERNS, Capture, ShardWriter, merge_rank_indexes, rank_name
+from analysis.lens.store import (FORMAT, INDEX, PATTERNS, Capture, CaptureSettings, SampleRecord, ShardWriter,
+                                 merge_rank_indexes, rank_name)
 from analysis.lens.validate import check_batch
 from analysis.masks import PAD, A, B, check_mask_type
 from analysis.presets import Preset, get_preset
@@ -238,16 +239,15 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     model = bridge.original_model
     hooks = check_hook_names(bridge, hooks)
     cfg = bridge.cfg
-    meta = dict(format=FORMAT, checkpoint=checkpoint_name, checkpoint_digest=_digest(checkpoint, opened),
-                backbone=model.config.model_type, preset=preset.name, preset_record=asdict(preset), side=side,
-                dataset=name, seed=seed, n=total, with_target=with_target, patterns=patterns, hooks=list(hooks),
-                attn_implementation=attention,
-                dtype=str(next(model.parameters()).dtype).removeprefix("torch."), n_layers=cfg.n_layers,
-                n_heads=cfg.n_heads, d_model=cfg.d_model, eos_resid_hooks=residual_hooks(cfg.n_layers),
-                eos_final_hook="ln_final.hook_out",
-                final_norm="eos_resid is the raw residual (no final norm); eos_final is the final-norm EOS state; "
-                           f"embedding is the preset's ({preset.pooling} pooling) before L2 normalisation",
-                checkpoint_recipe=opened.recipe if opened else None)
+    settings = dict(format=FORMAT, checkpoint=checkpoint_name, checkpoint_digest=_digest(checkpoint, opened),
+                    preset=preset.name, dataset=name, seed=seed, n=total, with_target=with_target, patterns=patterns,
+                    hooks=tuple(hooks), dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    details = dict(backbone=model.config.model_type, preset_record=asdict(preset), side=side,
+                   attn_implementation=attention, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model,
+                   eos_resid_hooks=residual_hooks(cfg.n_layers), eos_final_hook="ln_final.hook_out",
+                   final_norm="eos_resid is the raw residual (no final norm); eos_final is the final-norm EOS state; "
+                              f"embedding is the preset's ({preset.pooling} pooling) before L2 normalisation",
+                   checkpoint_recipe=opened.recipe if opened else None)
     out_dir = Path(out_dir)
     rank, size = distributed.init()
     mine = range(total)
@@ -256,8 +256,9 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
         mine = range(min(batches.start * batch_size, total), min(batches.stop * batch_size, total))
         for m in masks:
             _check_parallel_target(out_dir / m, size)
-    writers = {m: ShardWriter(_rank_dir(out_dir / m, rank, size), _rank_meta(dict(meta, mask_type=m), mine, size),
-                              shard_size) for m in masks}
+    writers = {m: ShardWriter(_rank_dir(out_dir / m, rank, size),
+                              _rank_settings(CaptureSettings(mask_type=m, **settings), mine, size), shard_size,
+                              details=details) for m in masks}
     # restart at a batch boundary: batches (and so padding and numerics) match an uninterrupted run
     start = mine.start + min(w.n_done for w in writers.values()) // batch_size * batch_size
     position = start
@@ -268,10 +269,10 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
             targets = [s.target or "" for s in chunk] if with_target else None
             batch = encode(processor, model, [s.item for s in chunk], targets, preset=preset, side=side)
             grids = iter(batch.image_grid_thw.tolist() if batch.image_grid_thw is not None else [])
-            records = [dict(key=s.item.key, text=s.item.text, instruction=s.item.instruction,
-                            has_image=s.item.has_image, target=targets[k] if targets else None,
-                            has_b=bool((batch.roles[k] == B).any()), labels=s.labels, meta=s.meta,
-                            image_grid=next(grids) if s.item.has_image else None)
+            records = [SampleRecord(key=s.item.key, text=s.item.text, instruction=s.item.instruction,
+                                    has_image=s.item.has_image, target=targets[k] if targets else None,
+                                    has_b=bool((batch.roles[k] == B).any()), labels=s.labels, meta=s.meta,
+                                    image_grid=tuple(next(grids)) if s.item.has_image else None)
                        for k, s in enumerate(chunk)]
             for mask_type, writer in writers.items():
                 todo = [k for k in range(len(chunk)) if position - mine.start + k >= writer.n_done]
@@ -297,11 +298,11 @@ def _rank_dir(directory: Path, rank: int, size: int) -> Path:
     return directory if size == 1 else directory / rank_name(rank)
 
 
-def _rank_meta(meta: dict, mine: range, size: int) -> dict:
-    """A rank's own index metadata: its sample count, and (several processes) the world size and first sample."""
+def _rank_settings(settings: CaptureSettings, mine: range, size: int) -> CaptureSettings:
+    """A rank's own capture settings: its sample count, and (several processes) the world size and first sample."""
     if size == 1:
-        return meta
-    return dict(meta, n=len(mine), world_size=size, first=mine.start)
+        return settings
+    return replace(settings, n=len(mine), world_size=size, first=mine.start)
 
 
 def _check_parallel_target(directory: Path, size: int) -> None:

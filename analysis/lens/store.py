@@ -21,9 +21,16 @@ One directory per (checkpoint, dataset, mask type):
     pattern_offsets.npy int64   [n+1]  sample i's patterns are patterns[p[i]:p[i+1]] as [layers, heads, rows, L_i]
     patterns.npy        float32 [P]
     hook.<name>.npy     float32 [n, ...]  extra hooks, at the EOS position
-    records.json        per sample: key, text, instruction, has_image, target, has_b, labels, meta, and
-                        image_grid: the [t, h, w] patch grid of the sample's image before merging
+    records.json        per sample (`SampleRecord`): key, text, instruction, has_image, target, has_b, labels,
+                        meta, and image_grid: the [t, h, w] patch grid of the sample's image before merging
                         (`image_grid_thw`; Qwen merges 2x2 patches into one token), null for text only
+
+The index's settings keys (`CaptureSettings`: format, checkpoint, checkpoint_digest, preset, mask_type, dataset,
+seed, n, with_target, patterns, hooks, dtype, and for a rank's own capture world_size and first) fix which
+samples land where: a capture resumes only under equal settings.
+
+Reading needs numpy only (no torch): `Capture.open(...).sample(i)` is a `CapturedSample`, whose
+`token_labels()` is the one labelling rule of token axes (image / text / EOS / B).
 
 Shards are written to a temporary directory and renamed; the index is rewritten (temp + rename) after
 each shard, so an interrupted capture keeps every complete shard and resumes after the last one.
@@ -42,9 +49,11 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -56,10 +65,141 @@ FORMAT = "cocoa-lens-capture/2"
 PATTERNS = ("eos", "eos+b", "full", "none")  # pattern rows kept: EOS, EOS then B, all, none
 INDEX = "index.json"
 SHARD = re.compile(r"^\.?shard-\d{5}(\.tmp)?$")
-# Settings that fix which samples land where: resuming under different ones would mix two captures.
-RESUME_KEYS = ("format", "checkpoint", "checkpoint_digest", "preset", "mask_type", "dataset", "seed", "n",
-               "with_target", "patterns", "hooks", "dtype", "world_size", "first")
 BRIDGED = ("eos_bridged", "eos_bridged_strict")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The settings that fix which samples land where, as index.json holds them: a capture resumes only under
+    equal settings (resuming under different ones would mix two captures). `world_size` and `first` (its first
+    sample) are set for one rank's own capture of a data-parallel run only (None otherwise, and not written)."""
+
+    format: str
+    checkpoint: str
+    checkpoint_digest: str | None
+    preset: str
+    mask_type: str
+    dataset: str
+    seed: int
+    n: int
+    with_target: bool
+    patterns: str
+    hooks: tuple[str, ...]
+    dtype: str
+    world_size: int | None = None
+    first: int | None = None
+
+    @classmethod
+    def from_index(cls, index: Mapping[str, Any]) -> "CaptureSettings":
+        """The settings of an index.json dict (a key it lacks reads as None)."""
+        values = {f.name: index.get(f.name) for f in fields(cls)}
+        if values["hooks"] is not None:
+            values["hooks"] = tuple(values["hooks"])
+        return cls(**values)
+
+    def to_index(self) -> dict[str, Any]:
+        """The settings' index.json keys: every field, `hooks` as a list; `world_size` / `first` only when set."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["hooks"] = list(self.hooks) if self.hooks is not None else None
+        for optional in ("world_size", "first"):
+            if out[optional] is None:
+                del out[optional]
+        return out
+
+    def differences(self, other: "CaptureSettings") -> list[str]:
+        """The fields (in index order) where `other` differs."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    def check_resume(self, held: "CaptureSettings", directory: str | Path) -> None:
+        """Raise unless a capture made under `held` (in `directory`) may resume under these settings."""
+        different = held.differences(self)
+        if not different:
+            return
+        name = different[0]
+        if name == "checkpoint_digest":
+            raise ValueError(
+                f"the checkpoint at {self.checkpoint} changed since the capture in {directory} began (weights "
+                f"digest {held.checkpoint_digest!r}, now {self.checkpoint_digest!r}): delete {directory} or "
+                f"choose another output directory to start over")
+        raise ValueError(
+            f"{directory} holds a capture with {name}={_index_value(held, name)!r}, not {_index_value(self, name)!r}: "
+            f"rerun with the same settings to resume it, or choose another output directory")
+
+
+def _index_value(settings: CaptureSettings, name: str):
+    """A setting as index.json spells it (hooks a list), for messages."""
+    value = getattr(settings, name)
+    return list(value) if name == "hooks" and value is not None else value
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """What a capture keeps of one sample's input (records.json): its key, text, instruction, whether it has an
+    image, the target text put as B (None without), whether the sample has B tokens, its labels (for probing),
+    its metadata, and `image_grid`: the `[t, h, w]` patch grid of its image before merging (None: no image)."""
+
+    key: str
+    text: str | None
+    instruction: str | None
+    has_image: bool
+    target: str | None
+    has_b: bool
+    labels: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_grid: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "SampleRecord":
+        """A records.json entry (a capture made before `image_grid` was kept has none)."""
+        grid = record.get("image_grid")
+        return cls(key=record["key"], text=record.get("text"), instruction=record.get("instruction"),
+                   has_image=record["has_image"], target=record.get("target"), has_b=record["has_b"],
+                   labels=record.get("labels") or {}, meta=record.get("meta") or {},
+                   image_grid=tuple(grid) if grid is not None else None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The records.json entry, keys in the order written since format 2."""
+        return dict(key=self.key, text=self.text, instruction=self.instruction, has_image=self.has_image,
+                    target=self.target, has_b=self.has_b, labels=self.labels, meta=self.meta,
+                    image_grid=list(self.image_grid) if self.image_grid is not None else None)
+
+
+def token_labels(roles: Sequence[str], is_image: Sequence[bool]) -> list[str]:
+    """The one rule that labels token positions (attention-map axes, token tables): "image" for image tokens,
+    "text" for the rest of A (prompt template, instruction, vision markers, input text: coarser than the
+    `segments`, where "text" is the input text alone), else the role ("EOS", "B"). `roles` and `is_image` are
+    per position, length L."""
+    if len(roles) != len(is_image):
+        raise ValueError(f"{len(roles)} roles for {len(is_image)} image flags")
+    return ["image" if image else "text" if role == "A" else str(role) for role, image in zip(roles, is_image)]
+
+
+@dataclass(frozen=True, eq=False)
+class CapturedSample:
+    """Everything a capture stores for one sample (`Capture.sample`); L is its token count (PAD never stored).
+
+    roles: `[L]` role names "A" / "EOS" / "B". is_image: bool `[L]`, True at image tokens. segments: `[L]`
+    names from `analysis.presets.SEGMENTS` (template, instruction, vision, image, text, EOS, B). input_ids: int32
+    `[L]`. eos_index: the EOS position. eos_resid: float32 `[layers+1, d]`, the EOS residual (0 = embeddings, l =
+    after block l; no final norm). eos_final: float32 `[d]`, the final-norm EOS state. record: the `SampleRecord`.
+    pattern: float32 `[layers, heads, rows, L]`, the attention rows of queries `query_positions` (int32 `[rows]`),
+    both None for a capture with patterns "none".
+    """
+
+    roles: list[str]
+    is_image: np.ndarray
+    segments: list[str]
+    input_ids: np.ndarray
+    eos_index: int
+    eos_resid: np.ndarray
+    eos_final: np.ndarray
+    record: SampleRecord
+    pattern: np.ndarray | None = None
+    query_positions: np.ndarray | None = None
+
+    def token_labels(self) -> list[str]:
+        """Per-position labels image / text / EOS / B (`token_labels`): what labels attention-map axes."""
+        return token_labels(self.roles, self.is_image)
 
 
 class ShardWriter:
@@ -67,9 +207,13 @@ class ShardWriter:
 
     A shard closes at `shard_size` samples or `shard_bytes` of arrays, whichever comes first, which
     bounds memory (full patterns of a 2B model are ~100 MB per sample).
+
+    settings: what fixes the samples (a partial capture resumes only under equal settings); details: the
+    index's other, descriptive keys (shapes, hook names, notes), written after the settings.
     """
 
-    def __init__(self, directory: str | Path, meta: dict, shard_size: int = 512, shard_bytes: int = 256 << 20):
+    def __init__(self, directory: str | Path, settings: CaptureSettings, shard_size: int = 512,
+                 shard_bytes: int = 256 << 20, *, details: Mapping[str, Any] | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.shard_bytes = shard_size, shard_bytes
@@ -78,18 +222,9 @@ class ShardWriter:
         index_path = self.directory / INDEX
         if index_path.is_file():
             self.index = json.loads(index_path.read_text())
-            for key in RESUME_KEYS:
-                if key == "checkpoint_digest" and self.index.get(key) != meta.get(key):
-                    raise ValueError(
-                        f"the checkpoint at {meta.get('checkpoint')} changed since the capture in {self.directory} "
-                        f"began (weights digest {self.index.get(key)!r}, now {meta.get(key)!r}): delete "
-                        f"{self.directory} or choose another output directory to start over")
-                if self.index.get(key) != meta.get(key):
-                    raise ValueError(
-                        f"{self.directory} holds a capture with {key}={self.index.get(key)!r}, not {meta.get(key)!r}: "
-                        f"rerun with the same settings to resume it, or choose another output directory")
+            settings.check_resume(CaptureSettings.from_index(self.index), self.directory)
         else:
-            self.index = dict(meta, n_done=0, n_with_b=0, complete=False, shards=[])
+            self.index = dict(settings.to_index(), **(details or {}), n_done=0, n_with_b=0, complete=False, shards=[])
         self._remove_strays()
 
     @property
@@ -117,9 +252,9 @@ class ShardWriter:
         tmp.mkdir()
         for field, array in _shard_arrays(self.buffer).items():
             np.save(tmp / f"{field}.npy", array)
-        (tmp / "records.json").write_text(json.dumps([s["record"] for s in self.buffer]))
+        (tmp / "records.json").write_text(json.dumps([s["record"].to_json() for s in self.buffer]))
         os.replace(tmp, self.directory / name)
-        n_with_b = sum(s["record"]["has_b"] for s in self.buffer)
+        n_with_b = sum(s["record"].has_b for s in self.buffer)
         self.index["shards"].append({"name": name, "n": len(self.buffer)})
         self.index["n_done"] += len(self.buffer)
         self.index["n_with_b"] += n_with_b
@@ -216,8 +351,8 @@ class _Shard:
         return self._arrays[field]
 
     @cached_property
-    def records(self) -> list[dict]:
-        return json.loads((self.path / "records.json").read_text())
+    def records(self) -> list[SampleRecord]:
+        return [SampleRecord.from_json(r) for r in json.loads((self.path / "records.json").read_text())]
 
 
 class Capture:
@@ -291,14 +426,20 @@ class Capture:
         return self._stack(f"hook.{name}")
 
     @property
-    def records(self) -> list[dict]:
+    def settings(self) -> CaptureSettings:
+        """The settings the capture ran under."""
+        return CaptureSettings.from_index(self.meta)
+
+    @property
+    def records(self) -> list[SampleRecord]:
+        """Every sample's record, in sample order."""
         return [r for s in self._shards for r in s.records]
 
     def labels(self, name: str) -> list:
         """Label `name` of every sample (None where a sample has no such label), for probing."""
-        return [r["labels"].get(name) for r in self.records]
+        return [r.labels.get(name) for r in self.records]
 
-    def sample(self, i: int) -> dict:
+    def sample(self, i: int) -> CapturedSample:
         """Everything stored for sample `i`; `pattern` is `[layers, heads, rows, L]` for queries `query_positions`."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for a capture of {len(self)}")
@@ -306,20 +447,19 @@ class Capture:
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
         shard, j = self._shards[k], i - int(self._starts[k])
         t0, t1 = shard["token_offsets"][j:j + 2]
-        roles = np.asarray(shard["roles"][t0:t1])
-        is_image = np.asarray(shard["is_image"][t0:t1])
-        out = dict(roles=[ROLES[r] for r in roles], is_image=is_image,
-                   segments=[SEGMENTS[c] for c in np.asarray(shard["segments"][t0:t1])],
-                   input_ids=np.asarray(shard["input_ids"][t0:t1]), eos_index=int(shard["eos_index"][j]),
-                   eos_resid=np.asarray(shard["eos_resid"][j]), eos_final=np.asarray(shard["eos_final"][j]),
-                   record=shard.records[j], pattern=None, query_positions=None)
+        pattern = query_positions = None
         if self.meta["patterns"] != "none":
             q0, q1 = shard["query_offsets"][j:j + 2]
             p0, p1 = shard["pattern_offsets"][j:j + 2]
             shape = (self.meta["n_layers"], self.meta["n_heads"], int(q1 - q0), int(t1 - t0))
-            out["query_positions"] = np.asarray(shard["query_positions"][q0:q1])
-            out["pattern"] = np.asarray(shard["patterns"][p0:p1]).reshape(shape)
-        return out
+            query_positions = np.asarray(shard["query_positions"][q0:q1])
+            pattern = np.asarray(shard["patterns"][p0:p1]).reshape(shape)
+        return CapturedSample(
+            roles=[ROLES[r] for r in np.asarray(shard["roles"][t0:t1])], is_image=np.asarray(shard["is_image"][t0:t1]),
+            segments=[SEGMENTS[c] for c in np.asarray(shard["segments"][t0:t1])],
+            input_ids=np.asarray(shard["input_ids"][t0:t1]), eos_index=int(shard["eos_index"][j]),
+            eos_resid=np.asarray(shard["eos_resid"][j]), eos_final=np.asarray(shard["eos_final"][j]),
+            record=shard.records[j], pattern=pattern, query_positions=query_positions)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[CapturedSample]:
         return (self.sample(i) for i in range(len(self)))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
 from analysis.metrics.arrays import as_numpy
+
+if TYPE_CHECKING:
+    from analysis.lens.store import CapturedSample
 
 ROLE_NAMES = ("A", "EOS", "B", "PAD")
 HEAD_REDUCTIONS = ("mean", "max", "min")
@@ -205,17 +209,17 @@ def attention_layer(layer: int, n_blocks: int) -> int:
     return layer - 1 if layer > 0 else n_blocks + layer
 
 
-def eos_row_budget(sample: Mapping) -> dict[str, np.ndarray]:
+def eos_row_budget(sample: CapturedSample) -> dict[str, np.ndarray]:
     """`row_budget` of one captured sample's EOS row (`Capture.sample`: `pattern [layers, heads, rows, L]` with
     rows at `query_positions`, `eos_index`, `segments`): ``{segment: [layers]}``."""
-    rows = list(np.asarray(sample["query_positions"]))
-    if sample["eos_index"] not in rows:
+    rows = list(np.asarray(sample.query_positions))
+    if sample.eos_index not in rows:
         raise ValueError(f"the sample's pattern rows ({rows[:8]}...) do not include its EOS position "
-                         f"{sample['eos_index']}: capture with patterns 'eos', 'eos+b' or 'full'")
-    return row_budget(np.asarray(sample["pattern"])[:, :, rows.index(sample["eos_index"])], sample["segments"])
+                         f"{sample.eos_index}: capture with patterns 'eos', 'eos+b' or 'full'")
+    return row_budget(np.asarray(sample.pattern)[:, :, rows.index(sample.eos_index)], sample.segments)
 
 
-def mean_eos_budget(samples: Sequence[Mapping] | Iterable[Mapping], n_layers: int) -> dict[str, np.ndarray]:
+def mean_eos_budget(samples: Iterable[CapturedSample], n_layers: int) -> dict[str, np.ndarray]:
     """The EOS budget averaged over samples: ``{segment: [n_layers]}`` in first-appearance order; a segment
     missing from a sample counts as 0 there (e.g. the image in a text-only sample)."""
     budgets = [eos_row_budget(s) for s in samples]
@@ -227,7 +231,7 @@ def mean_eos_budget(samples: Sequence[Mapping] | Iterable[Mapping], n_layers: in
 
 def merged_grid(image_grid: Sequence[int] | None, n_image_tokens: int) -> tuple[int, int, int]:
     """The `(t, h, w)` grid of a sample's image tokens, from the `[t, h, w]` patch grid before merging that
-    the capture stores (`record["image_grid"]`, the processor's `image_grid_thw`): the merge factor (2x2
+    the capture stores (`record.image_grid`, the processor's `image_grid_thw`): the merge factor (2x2
     patches per token in Qwen2/2.5/3-VL) follows from the token count."""
     if image_grid is None:
         raise ValueError("this capture's records hold no image_grid (the image's patch grid): recapture with this "
@@ -241,14 +245,14 @@ def merged_grid(image_grid: Sequence[int] | None, n_image_tokens: int) -> tuple[
     return t, h // merge, w // merge
 
 
-def image_rollout(sample: Mapping, head_reduce: str = "mean") -> np.ndarray:
+def image_rollout(sample: CapturedSample, head_reduce: str = "mean") -> np.ndarray:
     """The EOS row of the attention rollout onto the image tokens of one captured sample, on the image's
     merged patch grid: ``[h, w]`` (frames averaged). The sample needs the full pattern (`patterns="full"`),
-    its `is_image` flags and `record["image_grid"]`."""
-    pattern = _patterns(sample["pattern"])
-    image = np.asarray(sample["is_image"], dtype=bool)
+    its `is_image` flags and `record.image_grid`."""
+    pattern = _patterns(sample.pattern)
+    image = np.asarray(sample.is_image, dtype=bool)
     if not image.any():
         raise ValueError("the sample has no image tokens")
-    t, h, w = merged_grid(sample["record"].get("image_grid"), int(image.sum()))
-    rollout = attention_rollout(pattern, head_reduce)[sample["eos_index"]]
+    t, h, w = merged_grid(sample.record.image_grid, int(image.sum()))
+    rollout = attention_rollout(pattern, head_reduce)[sample.eos_index]
     return rollout[image].reshape(t, h, w).mean(axis=0)

@@ -9,12 +9,16 @@ kept (masked entries are exact zeros after the softmax, so the check is exact, n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.metrics.flow import segment_attention
+
+if TYPE_CHECKING:
+    from analysis.lens.store import CapturedSample
 
 BRIDGED = ("eos_bridged", "eos_bridged_strict")  # = analysis.lens.store.BRIDGED, without importing the store
 
@@ -38,17 +42,17 @@ class TruncationCheck:
         return self.b_to_a_max == 0.0 and (self.mask_type != "eos_bridged_strict" or self.eos_to_b_max == 0.0)
 
 
-def truncation_check(samples: Iterable[Mapping], mask_type: str) -> TruncationCheck:
+def truncation_check(samples: Iterable[CapturedSample], mask_type: str) -> TruncationCheck:
     """Measure the invariant over captured samples (`Capture` iterates them: `pattern [layers, heads, L, L]`
     full, `roles`); samples without a B segment are skipped."""
     b_to_a, eos_to_b, n = 0.0, 0.0, 0
     for s in samples:
-        if "B" not in s["roles"]:
+        if "B" not in s.roles:
             continue
-        pattern = np.asarray(s["pattern"])
+        pattern = np.asarray(s.pattern)
         if pattern.shape[-2] != pattern.shape[-1]:
             raise ValueError("the truncation check needs full patterns (capture with patterns='full')")
-        mass = segment_attention(pattern, s["roles"]).as_dict()
+        mass = segment_attention(pattern, s.roles).as_dict()
         b_to_a = max(b_to_a, float(np.nanmax(mass[("B", "A")])))
         eos_to_b = max(eos_to_b, float(np.nanmax(mass[("EOS", "B")])))
         n += 1

@@ -172,23 +172,6 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
     return make
 
 
-def batch_rows(batch: Batch, rows: range) -> Batch:
-    """Rows `rows` (a contiguous range) of a right-padded batch, with their images' patches: same length L."""
-    has_image = batch.is_image.any(1)
-    out = {name: getattr(batch, name)[rows.start:rows.stop] for name in
-           ("input_ids", "roles", "is_image", "mm_token_type_ids", "eos_index", "segment_ids")}
-    out["position_ids"] = batch.position_ids[:, rows.start:rows.stop]
-    out["pool"] = None if batch.pool is None else batch.pool[rows.start:rows.stop]
-    out["pixel_values"] = out["image_grid_thw"] = None
-    if batch.image_grid_thw is not None:
-        first, last = int(has_image[:rows.start].sum()), int(has_image[:rows.stop].sum())
-        if last > first:
-            patches = torch.cat([batch.image_grid_thw.new_zeros(1), batch.image_grid_thw.prod(-1).cumsum(0)])
-            out["pixel_values"] = batch.pixel_values[int(patches[first]):int(patches[last])]
-            out["image_grid_thw"] = batch.image_grid_thw[first:last]
-    return Batch(**out)
-
-
 def _image_tokens(batch: Batch, rows: range, merge: int) -> slice:
     """The slice of a per-merged-image-token vector (e.g. the MAE mask) that belongs to `rows`' images."""
     has_image = batch.is_image.any(1)
@@ -209,7 +192,7 @@ def local_part(step: dict, rank: int, size: int, merge: int = 4) -> dict:
         if isinstance(part, PairBatch):
             queries = distributed.blocks(part.n, size)[rank]
             targets = distributed.blocks(len(part.target_keys), size)[rank]
-            q, t = batch_rows(part.batch, queries), batch_rows(part.batch, range(part.n + targets.start,
+            q, t = part.batch.rows(queries), part.batch.rows(range(part.n + targets.start,
                                                                                 part.n + targets.stop))
             out[key] = PairBatch(_concat(q, t), len(queries), part.target_keys)
         else:
@@ -217,7 +200,7 @@ def local_part(step: dict, rank: int, size: int, merge: int = 4) -> dict:
             mae = None
             if part.mae_tokens is not None:
                 mae = part.mae_tokens[_image_tokens(part.batch, rows, merge)]
-            out[key] = MaskedBatch(batch_rows(part.batch, rows), part.labels[rows.start:rows.stop], mae)
+            out[key] = MaskedBatch(part.batch.rows(rows), part.labels[rows.start:rows.stop], mae)
     return out
 
 

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from analysis import distributed
 from analysis.embed import eos_states
-from analysis.train.batches import batch_rows
 from analysis.train.objectives import PairBatch, base_model, info_nce
 
 
@@ -49,7 +48,7 @@ def cached_contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: 
     with torch.no_grad():  # pass 1: every chunk's embedding, no activations kept
         for chunk in chunks:
             rng.append(_rng_state(device))
-            states.append(eos_states(core, batch_rows(pb.batch, chunk), embed_mask))
+            states.append(eos_states(core, pb.batch.rows(chunk).trimmed(), embed_mask))
     after = _rng_state(device)
     cached = torch.cat(states).detach().requires_grad_(True)  # [n + m, d], this rank's rows
     with torch.enable_grad():  # pass 2: the loss over all ranks' rows, and its gradient w.r.t. ours
@@ -59,7 +58,7 @@ def cached_contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: 
         (grad,) = torch.autograd.grad(loss * weight, cached)
     for chunk, state in zip(chunks, rng):  # pass 3: each chunk again, with autograd, fed its cached gradient
         _set_rng_state(state, device)
-        chunk_states = eos_states(core, batch_rows(pb.batch, chunk), embed_mask)
+        chunk_states = eos_states(core, pb.batch.rows(chunk).trimmed(), embed_mask)
         chunk_states.backward(grad[chunk.start:chunk.stop].to(chunk_states.dtype))
     _set_rng_state(after, device)
     return loss.detach()

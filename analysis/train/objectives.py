@@ -34,7 +34,7 @@ from torch import Tensor
 from analysis import distributed
 from analysis.embed import eos_states
 from analysis.inputs import Batch
-from analysis.masks import A, additive_mask
+from analysis.masks import PAD, A, additive_mask
 
 IGNORE = -100
 MASK_FALLBACKS = ("<|fim_pad|>", "_")
@@ -225,7 +225,7 @@ class MaskedBatch:
         return _to(self, device)
 
     def n_tokens(self) -> int:
-        return int((self.batch.roles != 3).sum())
+        return int((self.batch.roles != PAD).sum())
 
 
 @dataclass
@@ -240,7 +240,13 @@ class PairBatch:
         return replace(self, batch=self.batch.to(device))
 
     def n_tokens(self) -> int:
-        return int((self.batch.roles != 3).sum())
+        return int((self.batch.roles != PAD).sum())
+
+    def parts(self) -> list[Batch]:
+        """The queries and the targets as two batches, each cut to its own longest row: targets (often a short
+        text) then do not pay for the queries' padding."""
+        rows = self.batch.input_ids.shape[0]
+        return [self.batch.rows(part).trimmed() for part in (range(0, self.n), range(self.n, rows)) if part]
 
 
 def text_candidates(batch: Batch, role: int) -> Tensor:
@@ -289,7 +295,7 @@ def contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: float =
         from analysis.train.gradcache import cached_contrastive_loss
 
         return cached_contrastive_loss(model, pb, embed_mask, temperature, symmetric, chunk_size, weight)
-    states = eos_states(base_model(model), pb.batch, embed_mask)
+    states = torch.cat([eos_states(base_model(model), part, embed_mask) for part in pb.parts()])
     query, target = distributed.gather_with_grad(states[:pb.n]), distributed.gather_with_grad(states[pb.n:])
     return info_nce(query, target, temperature, pb.target_keys, symmetric)
 

@@ -1,7 +1,9 @@
 """The interactive comparison as a user meets it: JupyterLab on a finished quick study, the compare notebook
 opened in headless Chromium (Debian's package, driven by Playwright; nothing downloaded), Run All, another
 pair picked in the dropdowns, one click on "Run Interact": the attention maps, CKA, probes and retrieval deltas
-of the chosen pair must render on that first click, with no warning or error boxes.
+of the chosen pair must render on that first click, with no warning or error boxes, exactly as a second click
+of the same pair renders them, and nothing may land in JupyterLab's log console (a figure drawn with pyplot in
+the callback leaks a copy there: the first-click bug this test guards against).
 
 Run with `make browser-test` (the `browser` marker keeps it out of `make test`). It needs `/usr/bin/chromium`
 (`apt-get install chromium`; CHROMIUM overrides the path) and Playwright's Python package. A screenshot lands
@@ -94,17 +96,30 @@ def lab(quick_study, tmp_path_factory):
         log.close()
 
 
-def _images(locator) -> list[tuple[int, int, float]]:
-    """(width, height, pixel spread) of every PNG shown under `locator`."""
+def _images(locator) -> list:
+    """The grey pixels ([height, width] float array) of every PNG shown under `locator`."""
     import numpy as np
     from PIL import Image
 
-    found = []
-    for src in locator.locator("img").evaluate_all("imgs => imgs.map(i => i.src)"):
-        data = base64.b64decode(src.split(",", 1)[1])
-        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
-        found.append((pixels.shape[1], pixels.shape[0], float(pixels.std())))
-    return found
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"), dtype=float)
+            for src in locator.locator("img").evaluate_all("imgs => imgs.map(i => i.src)")]
+
+
+def _shapes(images) -> list[tuple[int, int, float]]:
+    """(width, height, pixel spread) of each image, for messages."""
+    return [(p.shape[1], p.shape[0], round(float(p.std()), 1)) for p in images]
+
+
+def _log_console(page) -> tuple[int, int, str]:
+    """Open JupyterLab's log console (View > Show Log Console): how many entries and images it holds, and its text.
+    Output a widget callback sends outside its `Output` (a pyplot figure flushed by the inline backend) lands there."""
+    page.keyboard.press("Escape")
+    page.locator("li.lm-MenuBar-item", has_text="View").click()
+    page.locator("li.lm-Menu-item[data-command='logconsole:open']").click()
+    panel = page.locator(".jp-LogConsolePanel")
+    panel.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)
+    return panel.locator(".jp-OutputArea-child").count(), panel.locator("img").count(), panel.inner_text()
 
 
 def test_compare_widgets_render_the_chosen_pair_on_the_first_click(lab):
@@ -140,11 +155,30 @@ def test_compare_widgets_render_the_chosen_pair_on_the_first_click(lab):
             text = output.inner_text()
             assert "Retrieval deltas (contrastive-causal-s0 − bridged-l1-s0)" in text, text
             assert "Comparing bridged-l1-s0 (A) with contrastive-causal-s0 (B) under eos_bridged" in text, text
-            images = _images(output)
-            assert len(images) == 3, f"expected attention, CKA and probe figures; got {images}"
-            (w, h, spread), *others = images
-            assert w > 1.8 * h and spread > 10, f"the attention pair is mangled or blank: {images}"
-            assert all(s > 10 for _, _, s in others), f"a blank figure: {images}"
+            first = _images(output)
+            shapes = _shapes(first)
+            assert len(first) == 3, f"expected attention, CKA and probe figures; got {shapes}"
+            (w, h, spread), *others = shapes
+            assert w > 1.8 * h and spread > 10, f"the attention pair is mangled or blank: {shapes}"
+            assert all(s > 10 for _, _, s in others), f"a blank figure: {shapes}"
+            # a second click of the same pair (the bug's figures came out right from the second click on) must draw
+            # the same figures: the first click after a kernel start draws like every other
+            output.locator("img").evaluate_all("imgs => imgs.forEach(i => i.dataset.firstClick = '1')")
+            button.click()
+            expect(output.locator("img[data-first-click]")).to_have_count(0, timeout=60_000)  # cleared, redrawn
+            expect(output.locator(".jp-RenderedMarkdown", has_text="Retrieval deltas")).to_be_visible(timeout=120_000)
+            page.wait_for_timeout(500)
+            second = _images(output)
+            assert [p.shape for p in first] == [p.shape for p in second], \
+                f"the first click drew other figures than the second: {shapes} then {_shapes(second)}"
+            differs = [round(float(abs(p - q).mean()), 2) for p, q in zip(first, second)]
+            assert max(differs) < 2, f"the first click's figures differ from the second's (mean |grey diff| {differs})"
+            entries, figures, log = _log_console(page)
+            if entries:
+                page.screenshot(path=str(ARTIFACTS / "compare_log.png"), full_page=True)
+            assert entries == 0, (f"{entries} entries ({figures} figures) in JupyterLab's log console after two "
+                                  f"clicks: output sent outside the widgets' Output (a pyplot figure flushed by the "
+                                  f"inline backend?): {log[:300]!r}")
             stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             assert stderr.count() == 0, stderr.all_inner_texts()
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
