@@ -12,8 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.lens.store import (FORMAT, INDEX, Capture, CapturedSample, CaptureSettings, SampleRecord, ShardWriter,
-                                 token_labels)
+from analysis.lens.store import (
+    FORMAT,
+    INDEX,
+    Capture,
+    CapturedSample,
+    CaptureSettings,
+    SampleRecord,
+    ShardWriter,
+    token_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = CaptureSettings(format=FORMAT, checkpoint="ckpt", checkpoint_digest="sha256:0", preset="plain",

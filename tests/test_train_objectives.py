@@ -228,7 +228,8 @@ def test_queries_and_targets_embedded_apart_equal_the_joint_batch(tiny, mask_typ
     _, model, processor = tiny
     pairs = pair_batch(processor, model, training_examples(8, seed=3))
     queries, targets = pairs.parts()
-    assert queries.input_ids.shape[0] == pairs.n and targets.input_ids.shape[0] == pairs.batch.input_ids.shape[0] - pairs.n
+    rows = pairs.batch.input_ids.shape[0]
+    assert queries.input_ids.shape[0] == pairs.n and targets.input_ids.shape[0] == rows - pairs.n
     assert min(queries.input_ids.shape[1], targets.input_ids.shape[1]) < pairs.batch.input_ids.shape[1]
     with torch.no_grad():
         joint = eos_states(model, pairs.batch, mask_type)

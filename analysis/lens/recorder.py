@@ -35,8 +35,17 @@ from analysis.inputs import Batch, encode
 from analysis.lens.bridge import boot, check_hook_names
 from analysis.lens.pattern_rows import PatternRows
 from analysis.lens.sources import samples
-from analysis.lens.store import (FORMAT, INDEX, PATTERNS, Capture, CaptureSettings, SampleRecord, ShardWriter,
-                                 merge_rank_indexes, rank_name)
+from analysis.lens.store import (
+    FORMAT,
+    INDEX,
+    PATTERNS,
+    Capture,
+    CaptureSettings,
+    SampleRecord,
+    ShardWriter,
+    merge_rank_indexes,
+    rank_name,
+)
 from analysis.lens.validate import check_batch
 from analysis.masks import PAD, A, B, check_mask_type
 from analysis.presets import Preset, get_preset

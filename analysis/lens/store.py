@@ -250,8 +250,8 @@ class ShardWriter:
         name = f"shard-{len(self.index['shards']):05d}"
         tmp = self.directory / f".{name}.tmp"
         tmp.mkdir()
-        for field, array in _shard_arrays(self.buffer).items():
-            np.save(tmp / f"{field}.npy", array)
+        for array_name, array in _shard_arrays(self.buffer).items():
+            np.save(tmp / f"{array_name}.npy", array)
         (tmp / "records.json").write_text(json.dumps([s["record"].to_json() for s in self.buffer]))
         os.replace(tmp, self.directory / name)
         n_with_b = sum(s["record"].has_b for s in self.buffer)
