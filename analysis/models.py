@@ -166,18 +166,24 @@ def save_checkpoint(model, processor, path: str | Path, extra: dict[str, object]
 
 
 def _conv_as_matmul(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for x `[N, C, T, P, P]` exactly one kernel in size, as one matrix product -> `[N, E, 1, 1, 1]`."""
+    """`conv(x)` for x `[N, C, T, P, P]` exactly one kernel in size, as one matrix product -> `[N, E, 1, 1, 1]`.
+
+    A still image fills the T temporal slices of every patch with the same frame (Qwen's processor repeats
+    it): then `W · x = (Σ_t W_t) · frame`, a product T times smaller."""
     if tuple(x.shape[2:]) != tuple(conv.kernel_size):
         return torch.nn.Conv3d.forward(conv, x)
-    out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    weight = conv.weight
+    if x.shape[2] > 1 and torch.equal(x, x[:, :, :1].expand_as(x)):
+        weight, x = weight.sum(2), x[:, :, 0]
+    out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight.reshape(conv.out_channels, -1), conv.bias)
     return out.view(x.shape[0], conv.out_channels, 1, 1, 1)
 
 
 def patch_embedding_as_matmul(model: torch.nn.Module) -> int:
     """Run the vision patch embedding (a Conv3d whose kernel equals its stride, applied to single patches) as
     the matrix product it is: on CPU, torch's slow_conv3d takes ~5x the time of the product (the ViT's largest
-    single cost in tiny training). Same weights, same result up to float rounding (~1e-6). Returns how many
-    modules were switched."""
+    single cost in tiny training), and a still image's repeated frame is multiplied once. Same weights, same
+    result up to float rounding (~1e-6). Returns how many modules were switched."""
     switched = 0
     for module in model.modules():
         if (isinstance(module, torch.nn.Conv3d) and module.kernel_size == module.stride

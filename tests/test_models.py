@@ -95,3 +95,27 @@ def test_patch_embedding_as_matmul_equals_the_convolution(name):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     ours.sum().backward()
     assert model.model.visual.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_patch_embedding_of_a_still_image_equals_the_convolution(name):
+    """A still image (the processor repeats its frame over the temporal patch) takes the one-frame product: same
+    output and same weight gradient as Hugging Face's Conv3d."""
+    import copy
+
+    from analysis.data.shapes import Scene, ShapeObject, render
+    from analysis.models import build_tiny, patch_embedding_as_matmul
+
+    model, processor = build_tiny(name)
+    reference = copy.deepcopy(model)
+    patch_embedding_as_matmul(model)
+    image = render(Scene((ShapeObject("red", "circle", "large", "top", "left"),)))
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    frames = pixels.view(pixels.shape[0], 3, 2, -1)
+    assert torch.equal(frames[:, :, 0], frames[:, :, 1])  # the processor's repeated frame
+    for embed in (model.model.visual.patch_embed, reference.model.visual.patch_embed):
+        embed(pixels).square().sum().backward()
+    ours, theirs = model.model.visual.patch_embed.proj.weight, reference.model.visual.patch_embed.proj.weight
+    torch.testing.assert_close(model.model.visual.patch_embed(pixels), reference.model.visual.patch_embed(pixels),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)

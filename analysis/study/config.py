@@ -164,6 +164,8 @@ class StudyConfig:
         """Check everything that can be checked before anything runs; fill in each cell's mask type and λ."""
         if not self.cells:
             raise UsageError("no cells; list at least one under `cells:`")
+        self.launcher.validate("launcher")
+        self.capture.retrieval.validate("capture.retrieval")
         names = [c.name for c in self.cells]
         for name in names:
             if not SAFE_NAME.fullmatch(name):

@@ -394,8 +394,8 @@ def build_strict(cls, data: Any, path: str, top: bool = False):
     """`cls(**data)` for a dataclass, each value coerced to its field's type (nested dataclasses too).
 
     Unknown keys, missing required keys and values of the wrong type raise `UsageError` naming `path` and
-    the dotted key (keys of a `top` object are named without the prefix). A nested object with a
-    `validate(path)` method is validated.
+    the dotted key (keys of a `top` object are named without the prefix). Values are checked once, by the
+    top object's `validate`, which checks its children with their dotted paths.
     """
     if not isinstance(data, dict):
         raise UsageError(f"{path} must be a mapping with keys {', '.join(_hints(cls))}; got {data!r}")
@@ -408,10 +408,7 @@ def build_strict(cls, data: Any, path: str, top: bool = False):
     if missing:
         raise UsageError(f"{path} lacks {', '.join(missing)} (keys: {', '.join(hints)})")
     kwargs = {k: _coerce(hints[k], v, k if top else f"{path}.{k}") for k, v in data.items()}
-    obj = cls(**kwargs)
-    if not top and hasattr(obj, "validate"):
-        obj.validate(path)
-    return obj
+    return cls(**kwargs)
 
 
 def _coerce(hint, value: Any, path: str):
