@@ -36,7 +36,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                              base=args.base, seed=args.seed, device_map=args.device_map)
     preset = opened.preset(args.preset)
     mask = args.mask or preset.attention
-    result = evaluate(opened.model, opened.processor, datasets, mask, args.batch_size, progress=True, preset=preset,
+    result = evaluate(opened.model, opened.processor, datasets, mask_type=mask, batch_size=args.batch_size,
+                      progress=True, preset=preset,
                       name=opened.name, split=True)
     if not distributed.is_main():
         return 0

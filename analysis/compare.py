@@ -51,7 +51,7 @@ class Side:
         return cls(name, Path(capture), Path(flow), Path(checkpoint) if checkpoint else None)
 
 
-def resolve_pair(study_dir: str = "", capture_a: str = "", capture_b: str = "", flow_a: str = "", flow_b: str = "",
+def resolve_pair(study_dir: str = "", *, capture_a: str = "", capture_b: str = "", flow_a: str = "", flow_b: str = "",
                  checkpoint_a: str = "", checkpoint_b: str = "") -> tuple[Side, Side]:
     """The pair to compare: the given captures when both are set, else the configured pair of `study_dir`."""
     if capture_a and capture_b:
@@ -114,7 +114,7 @@ def pair_probes(caps: tuple[Capture, Capture], names: tuple[str, str], attribute
     return {k: {m: np.asarray(v).tolist() for m, v in r.items()} for k, r in results.items()}
 
 
-def compare(sides: tuple[Side, Side], mask: str, layer: int = -1, sample: int = 0, attribute: str = "colour",
+def compare(sides: tuple[Side, Side], mask: str, *, layer: int = -1, sample: int = 0, attribute: str = "colour",
             out: str | Path | None = None) -> dict:
     """Compare the pair under `mask`: `{"names", "cka" [La+1, Lb+1] (NaN where undefined), "probes" (or
     "skipped"), "figures": {"attention", "cka", "probes"}}`; figures saved into `out` when given."""
@@ -214,7 +214,8 @@ class CompareWidgets:
             sides = self.pair()
             display(Markdown(f"Comparing {sides[0].name} (A) with {sides[1].name} (B) under {self.mask.value}, "
                              f"attention at layer {self.layer.value}, flow sample {self.sample.value}"))
-            result = compare(sides, self.mask.value, self.layer.value, self.sample.value, self.attribute, self.out)
+            result = compare(sides, self.mask.value, layer=self.layer.value, sample=self.sample.value,
+                             attribute=self.attribute, out=self.out)
             for fig in result["figures"].values():
                 display(fig)
             if "skipped" in result["probes"]:

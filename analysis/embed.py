@@ -33,9 +33,9 @@ StatesFn = Callable[..., torch.Tensor]  # (model, batch, mask_type) -> [B, d], e
 
 
 @torch.no_grad()
-def embed_items(model, processor, items: Sequence[Item], mask_type: str | None = None, batch_size: int = 64,
+def embed_items(model, processor, items: Sequence[Item], *, mask_type: str | None = None, batch_size: int = 64,
                 normalize: bool | None = None, progress: bool = False, desc: str = "embed",
-                states_fn: StatesFn = eos_states, *, preset: str | Preset = "plain",
+                states_fn: StatesFn = eos_states, preset: str | Preset = "plain",
                 side: str = "query", split: bool = False) -> torch.Tensor:
     """Embed `items` as `preset` does on `side` (each distinct `key` once), in order: float32 `[N, d]` on the CPU.
 

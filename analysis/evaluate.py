@@ -12,8 +12,8 @@ from analysis.metrics.retrieval import embedding_spread, is_degenerate, mmeb_sco
 from analysis.presets import Preset, get_preset
 
 
-def evaluate(model, processor, datasets: Sequence[EvalDataset], mask_type: str | None = None, batch_size: int = 64,
-             progress: bool = False, states_fn: StatesFn = eos_states, *, preset: str | Preset = "plain",
+def evaluate(model, processor, datasets: Sequence[EvalDataset], *, mask_type: str | None = None, batch_size: int = 64,
+             progress: bool = False, states_fn: StatesFn = eos_states, preset: str | Preset = "plain",
              name: str = "the model", split: bool = False) -> dict:
     """`{"datasets": [{dataset, meta_task, split, negatives, score, score_tie_robust, ties, n, n_candidates}],
     "embedding_spread", "degenerate", **mmeb_scores(...)}`.

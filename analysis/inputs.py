@@ -140,7 +140,7 @@ def _prompt_tokens(tok, pieces: list[tuple[str, str]], max_text_tokens: int | No
 
 
 def encode(processor, model, items: Sequence[Item], targets: Sequence[str] | None = None,
-           max_text_tokens: int | None = None, *, preset: str | Preset = "plain", side: str = "query") -> Batch:
+           *, max_text_tokens: int | None = None, preset: str | Preset = "plain", side: str = "query") -> Batch:
     """Tokenise `items` as `preset` prompts them on `side` ("query" / "candidate"), with optional
     reconstruction `targets` (one per item) as the B segment, into a `Batch`."""
     if targets is not None and len(targets) != len(items):

@@ -74,7 +74,7 @@ def build_tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, name: str = "tiny-qwen2.5-vl"):
+def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, *, name: str = "tiny-qwen2.5-vl"):
     """The tiny backbone's processor for small images: 56x56 -> 4 image tokens, 112x112 -> 16.
 
     Qwen2-VL / Qwen2.5-VL: 14-pixel patches; Qwen3-VL: 16-pixel patches and Qwen3-VL's 0.5 / 0.5 normalisation.
@@ -91,7 +91,7 @@ def build_processor(tokenizer: PreTrainedTokenizerFast | None = None, name: str 
                             video_processor=Qwen2VLVideoProcessor())
 
 
-def tiny_config(name: str, hidden_size: int = 128, num_hidden_layers: int = 4, vision_width: int = 64,
+def tiny_config(name: str, *, hidden_size: int = 128, num_hidden_layers: int = 4, vision_width: int = 64,
                 tokenizer: PreTrainedTokenizerFast | None = None):
     """Config of an embedded tiny backbone; token ids come from the local tokenizer."""
     if name not in ALL_TINY_BACKBONES:
@@ -144,7 +144,7 @@ def _interleaved_mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * spatial, spatial, spatial]
 
 
-def build_tiny(name: str = "tiny-qwen2.5-vl", seed: int = 0, attn_implementation: str = "eager", **sizes):
+def build_tiny(name: str = "tiny-qwen2.5-vl", *, seed: int = 0, attn_implementation: str = "eager", **sizes):
     """Random-initialised tiny backbone and its processor: `(model, processor)`."""
     processor = build_processor(name=name)
     config = tiny_config(name, tokenizer=processor.tokenizer, **sizes)

@@ -97,7 +97,7 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
 
 
 def attention_heatmap(
-    pattern, roles: Sequence[str], title: str = "Attention", ax: Axes | None = None, save=None,
+    pattern, roles: Sequence[str], *, title: str = "Attention", ax: Axes | None = None, save=None,
     image: Sequence[bool] | None = None,
 ) -> Figure:
     """Heat map of one attention pattern ``[q, k]`` with role bands (``roles``: length ``q``; a captured
@@ -141,7 +141,7 @@ def attention_heatmap(
         return _finish(fig, save)
 
 
-def attention_pair(panels: Sequence[Mapping], title: str | None = None, save=None) -> Figure:
+def attention_pair(panels: Sequence[Mapping], *, title: str | None = None, save=None) -> Figure:
     """Attention maps side by side, one per panel: ``{"pattern": [q, q], "roles", "title"}`` and optionally
     ``"image"`` (image-token flags), each drawn as `attention_heatmap` draws one."""
     if not panels:
@@ -157,7 +157,7 @@ def attention_pair(panels: Sequence[Mapping], title: str | None = None, save=Non
 
 
 def rollout_on_image(
-    scores, grid_hw: tuple[int, int], image=None, title: str = "EOS attention on image", save=None
+    scores, grid_hw: tuple[int, int], *, image=None, title: str = "EOS attention on image", save=None
 ) -> Figure:
     """EOS rollout/attention onto the image tokens ``[h * w]`` shown on the merged patch grid
     ``grid_hw = (h, w)``, overlaid on ``image`` (PIL image or ``[H, W(, C)]`` array) when given: the input
@@ -190,7 +190,7 @@ def rollout_on_image(
 
 def segment_budget(
     budget: Mapping[str, Sequence[float]] | np.ndarray,
-    names: Sequence[str] | None = None,
+    *, names: Sequence[str] | None = None,
     title: str = "EOS attention budget",
     save=None,
 ) -> Figure:
@@ -225,7 +225,7 @@ def segment_budget(
         return _finish(fig, save)
 
 
-def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes per layer", save=None) -> Figure:
+def probing_curves(results: Mapping[str, Mapping], *, title: str = "Linear probes per layer", save=None) -> Figure:
     """Cross-validated probe accuracy per layer (line, ±1 sd band), control-task accuracy (dashed) and
     chance, the majority-class rate (dotted, where the results give ``chance``), for each entry of ``results``
     (``{attribute or checkpoint: LayerProbe results}``); entries ``{"skipped": reason}`` are listed under
@@ -260,7 +260,7 @@ def probing_curves(results: Mapping[str, Mapping], title: str = "Linear probes p
 
 
 def umap_scatter(
-    embeddings, labels: Sequence[Hashable], title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None,
+    embeddings, labels: Sequence[Hashable], *, title: str = "UMAP", seed: int = 0, n_neighbors: int = 15, save=None,
     coords=None,
 ) -> Figure:
     """2-D UMAP (cosine metric) of ``embeddings [N, d]`` coloured by ``labels [N]``.
@@ -291,7 +291,7 @@ def umap_scatter(
         return _finish(fig, save)
 
 
-def cka_heatmap(matrix, names: tuple[str, str] = ("a", "b"), title: str = "Linear CKA", save=None) -> Figure:
+def cka_heatmap(matrix, *, names: tuple[str, str] = ("a", "b"), title: str = "Linear CKA", save=None) -> Figure:
     """Layer-by-layer CKA ``[La, Lb]`` between checkpoints ``names[0]`` (rows) and ``names[1]``
     (columns), layers as ``LAYER_AXIS`` counts them; cells annotated when both sides have at most 12 layers.
     Undefined cells (NaN: a layer constant across the inputs, such as the EOS token's embedding at layer 0) are
@@ -316,7 +316,7 @@ def cka_heatmap(matrix, names: tuple[str, str] = ("a", "b"), title: str = "Linea
 
 def ablation_heatmap(
     table: Mapping[tuple[str, float], float | tuple[float, float]] | np.ndarray,
-    row_labels: Sequence | None = None,
+    *, row_labels: Sequence | None = None,
     col_labels: Sequence | None = None,
     sd=None,
     value_name: str = "P@1",
@@ -363,7 +363,7 @@ def ablation_heatmap(
 
 def loss_curves(
     curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
-    title: str = "Training loss",
+    *, title: str = "Training loss",
     logy: bool = False,
     save=None,
 ) -> Figure:
@@ -387,7 +387,7 @@ def loss_curves(
 
 
 def probe_bars(
-    rows: Sequence[Mapping], value: str = "eos", title: str = "Probe accuracy", ylabel: str = "accuracy", save=None
+    rows: Sequence[Mapping], *, value: str = "eos", title: str = "Probe accuracy", ylabel: str = "accuracy", save=None
 ) -> Figure:
     """Grouped bars: probe ``value`` per attribute (x) and cell (hue), mean with sd over seeds as error
     bars, each attribute's chance level as a black tick. rows: dicts with ``cell``, ``attribute``,
@@ -414,7 +414,7 @@ def _layer_axis(ax: Axes, n_layers: int) -> None:
     ax.set_xlabel(LAYER_AXIS)
 
 
-def layerwise_curves(results: Mapping[str, Mapping], title: str = "Retrieval by layer", save=None) -> Figure:
+def layerwise_curves(results: Mapping[str, Mapping], *, title: str = "Retrieval by layer", save=None) -> Figure:
     """P@1 of the EOS state at every layer, one colour per entry of ``results`` (``{cell or mask type:
     analysis.metrics.layerwise.layerwise_retrieval(...)}``): tie-robust P@1 solid, MMEB-rule P@1 dashed,
     the best layer (by tie-robust P@1) starred."""
@@ -440,7 +440,7 @@ def layerwise_curves(results: Mapping[str, Mapping], title: str = "Retrieval by 
         return _finish(fig, save)
 
 
-def patching_profile(profiles: Mapping[str, Mapping], retrieval: Mapping[str, Mapping] | None = None,
+def patching_profile(profiles: Mapping[str, Mapping], *, retrieval: Mapping[str, Mapping] | None = None,
                      title: str = "Mask patching", legend: str = "patched positions", save=None) -> Figure:
     """Mask-patching profile per layer: the share of the source run's embedding recovered by patching
     layer r, one line per entry of ``profiles`` (``{positions: analysis.lens.patching.mask_patching(...)}``, or
@@ -477,7 +477,7 @@ def patching_profile(profiles: Mapping[str, Mapping], retrieval: Mapping[str, Ma
         return _finish(fig, save)
 
 
-def lens_rank_heatmap(ranks, tokens: Sequence[str], title: str = "EOS lens: rank of the target tokens",
+def lens_rank_heatmap(ranks, tokens: Sequence[str], *, title: str = "EOS lens: rank of the target tokens",
                       save=None) -> Figure:
     """Rank (1 = top) of each target token (columns, ``tokens``) in the EOS lens at every layer (rows):
     ``ranks [layers, T]`` (`EosLens.target_ranks`), coloured on a log scale, annotated when T <= 20."""
@@ -494,7 +494,7 @@ def lens_rank_heatmap(ranks, tokens: Sequence[str], title: str = "EOS lens: rank
         return _finish(fig, save)
 
 
-def pc_shift_bars(shift: Mapping, names: tuple[str, str] = ("a", "b"), title: str = "Principal-direction shift",
+def pc_shift_bars(shift: Mapping, *, names: tuple[str, str] = ("a", "b"), title: str = "Principal-direction shift",
                   save=None) -> Figure:
     """Per principal component of ``names[0]``'s states: ``|cos|`` with the same PC of ``names[1]``, the
     variance each carries, and the share of the per-input shift along it
@@ -515,7 +515,7 @@ def pc_shift_bars(shift: Mapping, names: tuple[str, str] = ("a", "b"), title: st
         return _finish(fig, save)
 
 
-def window_knockout_heatmap(sweep: Mapping, value: str = "drop_tie_robust",
+def window_knockout_heatmap(sweep: Mapping, *, value: str = "drop_tie_robust",
                             title: str = "P@1 drop by knockout window", save=None) -> Figure:
     """Drop in P@1 when each flow (rows) is cut in each layer window (columns, and every layer: "all"),
     from ``analysis.lens.knockout.window_knockout``; ``value`` "drop_tie_robust" or "drop" (MMEB rule)."""

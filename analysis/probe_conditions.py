@@ -55,7 +55,7 @@ def _probe(states, labels, groups, cv, seed, probe_set: ProbeSet) -> ProbeSet:
     return probe_set
 
 
-def probe_condition(capture: Capture, attributes: Sequence[str], n: int, layers="all", cv: int = 3,
+def probe_condition(capture: Capture, attributes: Sequence[str], n: int, *, layers="all", cv: int = 3,
                     seed: int = 0) -> tuple[list[ProbeSet], dict[str, float]]:
     """The first `n` samples' probes (EOS and mean-pooled A; all samples and label not in text) and the share
     of samples whose text holds each label. `layers`: "all" or residual layer indices (0 = embeddings)."""
@@ -64,20 +64,26 @@ def probe_condition(capture: Capture, attributes: Sequence[str], n: int, layers=
     texts = [f"{r.instruction or ''} {r.text or ''}" for r in records]
     labels = {a: capture.labels(a)[:n] for a in attributes}
     in_text = {a: label_in_text(values, texts) for a, values in labels.items()}
-    hidden = {a: [None if f else v for v, f in zip(values, in_text[a])] for a, values in labels.items()}
+    # an attribute no text names has the same samples either way: probed once, its result shown under both
+    hidden = {a: [None if f else v for v, f in zip(values, in_text[a])] for a, values in labels.items()
+              if in_text[a].any()}
     sets = []
     for states_name, stem, suffix, states in (("EOS", "probing_curves", "", capture.eos_states()[:n]),
                                               ("mean-pooled A", "probing_content", "/content_mean",
                                                capture.content_mean()[:n])):
-        for metric, what, file_suffix, subset in (("probes", "all", "", labels),
-                                                  ("probes_label_not_in_text", "label not in text",
-                                                   "_label_not_in_text", hidden)):
-            sets.append(_probe(_layers(states, layers), subset, groups, cv, seed,
-                               ProbeSet(metric, suffix, states_name, what, f"{stem}_{{ran}}{file_suffix}", n=n)))
+        every = _probe(_layers(states, layers), labels, groups, cv, seed,
+                       ProbeSet("probes", suffix, states_name, "all", f"{stem}_{{ran}}", n=n))
+        unnamed = _probe(_layers(states, layers), hidden, groups, cv, seed,
+                         ProbeSet("probes_label_not_in_text", suffix, states_name, "label not in text",
+                                  f"{stem}_{{ran}}_label_not_in_text", n=n))
+        for kind in ("results", "skipped"):
+            source = {a: getattr(unnamed if a in hidden else every, kind) for a in attributes}
+            setattr(unnamed, kind, {a: source[a][a] for a in attributes if a in source[a]})
+        sets += [every, unnamed]
     return sets, {a: float(flags.mean()) for a, flags in in_text.items()}
 
 
-def probe_with_b(capture: Capture, attributes: Sequence[str], n: int, layers="all", cv: int = 3,
+def probe_with_b(capture: Capture, attributes: Sequence[str], n: int, *, layers="all", cv: int = 3,
                  seed: int = 0) -> ProbeSet:
     """EOS probes on the samples (of the first `n`) that have a B segment (a capture made with targets)."""
     captured = capture.records[:n]

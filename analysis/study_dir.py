@@ -149,7 +149,7 @@ class StudyDir:
     def runs(self) -> list[RunDir]:
         """Every run the config lists, cell by cell in config order, seeds ascending within a cell."""
         return [RunDir(c["name"], seed, c["mask_type"], c["recon_weight"], c.get("note", ""), self.root)
-                for c in self.config["cells"] for seed in sorted(self.config["seeds"])]
+                for c in self.config["cells"] for seed in sorted(c.get("seeds") or self.config["seeds"])]
 
     def run(self, name: str) -> RunDir:
         """The run called `name` (`<cell>-s<seed>`)."""

@@ -45,12 +45,12 @@ def one_step(batch_size: int, chunk_size: int | None, threads: int) -> dict:
     torch.set_num_threads(threads)
     recipe = apply_overrides(Recipe(name="bench"), [f"stages.contrastive.batch_size={batch_size}",
                                                     "stages.contrastive.steps=1", "device=cpu"])
-    model, processor = build_model(recipe, torch.device("cpu"))
+    model, processor = build_model(recipe, device=torch.device("cpu"))
     pairs = make_batch_fn(recipe, "contrastive", processor, model, mask_token_id(processor.tokenizer))(0)["pairs"]
     model.train()
     before = peak_mib()
     start = time.perf_counter()
-    loss = contrastive_loss(model, pairs, recipe.embed_mask, recipe.temperature, chunk_size=chunk_size)
+    loss = contrastive_loss(model, pairs, recipe.embed_mask, temperature=recipe.temperature, chunk_size=chunk_size)
     if loss.requires_grad:
         loss.backward()
     seconds = time.perf_counter() - start

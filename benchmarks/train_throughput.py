@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     sets += [f"stages.{s}.batch_size={args.batch_size}" for s in ("warmup", "bridged", "contrastive")]
     recipe = apply_overrides(base, sets + ["recon_weight=1.0"])
     device = resolve_device(recipe)
-    model, processor = build_model(recipe, device)
+    model, processor = build_model(recipe, device=device)
     initial = copy.deepcopy(model.state_dict())
     mask_id = mask_token_id(processor.tokenizer)
     print(f"train throughput: {recipe.backbone.name} on {device} ({torch.get_num_threads()} threads), "

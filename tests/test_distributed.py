@@ -176,7 +176,7 @@ eval: {n_per_dataset: 0}
 
 def test_two_process_training_equals_single_process(tmp_path):
     """Every stage (MNTP + MAE, λ-mixed stage 2, InfoNCE with gradient caching) on 2 gloo ranks, each half of
-    each global batch: the loss curves and the final weights equal one process's within 1e-5."""
+    each global batch: the loss curves equal one process's within 1e-5, the final weights within 5e-5."""
     import torch
     from safetensors.torch import load_file
 
@@ -196,8 +196,10 @@ def test_two_process_training_equals_single_process(tmp_path):
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (stage, a["step"], key)
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("single", "dp"))
     assert a.keys() == b.keys()
+    # each rank cuts its rows to their own longest (`PairBatch.parts`): other matrix shapes, other float rounding,
+    # which Adam carries through the steps (a wrong gradient sum moves weights by ~1e-3)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-5, worst
+    assert worst < 5e-5, worst
     assert not (tmp_path / "dp" / "stages" / "contrastive.partial.pt").exists()
 
 

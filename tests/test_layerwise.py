@@ -46,7 +46,7 @@ def test_final_norm_weight_changes_what_a_layer_retrieves():
     query[:, INFORMATIVE, D // 2:] = candidates[:, 0, INFORMATIVE, D // 2:] = 0.0  # the signal in the first half
     weight = np.r_[np.zeros(D // 2), np.ones(D // 2)]
     assert layer_scores(query, candidates)["score_tie_robust"][INFORMATIVE] == 1.0
-    blind = layer_scores(query, candidates, FinalNorm(weight, 1e-6))
+    blind = layer_scores(query, candidates, norm=FinalNorm(weight, 1e-6))
     assert blind["score_tie_robust"][INFORMATIVE] == pytest.approx(1 / C)
     x = np.array([[3.0, -4.0]])
     np.testing.assert_allclose(FinalNorm(np.array([1.0, 2.0]), 0.0)(x), [[3 / np.sqrt(12.5), -8 / np.sqrt(12.5)]])

@@ -79,10 +79,10 @@ def test_blocked_edges_follow_groups_and_keep_the_diagonal(two_images):
 def test_evaluate_knockout_without_edges_is_evaluate(two_images):
     model, processor, _ = two_images
     datasets = build_mini_mmeb(3, tasks=("ShapesObject", "ShapesT2I"), splits=("ind",))
-    base = evaluate(model, processor, datasets, "bidirectional")
-    same = evaluate_knockout(model, processor, datasets, "bidirectional", edges=())
+    base = evaluate(model, processor, datasets, mask_type="bidirectional")
+    same = evaluate_knockout(model, processor, datasets, mask_type="bidirectional", edges=())
     assert same["datasets"] == base["datasets"] and same["overall"] == base["overall"]
-    knocked = evaluate_knockout(model, processor, datasets, "bidirectional", edges=[("EOS", "A")])
+    knocked = evaluate_knockout(model, processor, datasets, mask_type="bidirectional", edges=[("EOS", "A")])
     assert knocked["knockout"] == {"edges": [["EOS", "A"]], "layers": None}
 
 

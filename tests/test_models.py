@@ -63,8 +63,8 @@ def test_save_load_round_trip(tiny, tmp_path):
     assert type(loaded) is type(model)
     items = [ex.query for ex in build_mini_mmeb(3, tasks=("ShapesI2T", "ShapesT2I"))[0].examples]
     for mask in ("causal", "eos_bridged"):
-        ours = embed_items(model, processor, items, mask)
-        assert torch.equal(ours, embed_items(loaded, loaded_processor, items, mask))
+        ours = embed_items(model, processor, items, mask_type=mask)
+        assert torch.equal(ours, embed_items(loaded, loaded_processor, items, mask_type=mask))
 
 
 def test_load_missing_checkpoint_names_path(tmp_path):

@@ -41,11 +41,11 @@ def test_patching_every_layer_or_the_last_gives_the_source_run_exactly(bridge, b
     _, target = run(bridge, batch, "causal", keep_stream=False)
     everywhere = positions_of(batch, "all")
     assert stream.shape[:3] == (LAYERS, *batch.input_ids.shape) and (source - target).abs().max() > 1e-3
-    every_layer = run(bridge, batch, "causal", dict(enumerate(stream)), everywhere)[1]
-    last = run(bridge, batch, "causal", {LAYERS - 1: stream[-1]}, everywhere)[1]
-    eos_last = run(bridge, batch, "causal", {LAYERS - 1: stream[-1]}, positions_of(batch, "EOS"))[1]
+    every_layer = run(bridge, batch, "causal", patch=dict(enumerate(stream)), where=everywhere)[1]
+    last = run(bridge, batch, "causal", patch={LAYERS - 1: stream[-1]}, where=everywhere)[1]
+    eos_last = run(bridge, batch, "causal", patch={LAYERS - 1: stream[-1]}, where=positions_of(batch, "EOS"))[1]
     assert torch.equal(every_layer, source) and torch.equal(last, source) and torch.equal(eos_last, source)
-    assert torch.equal(run(bridge, batch, "causal", {}, everywhere)[1], target)
+    assert torch.equal(run(bridge, batch, "causal", patch={}, where=everywhere)[1], target)
 
 
 def test_the_profile_runs_from_the_target_to_the_source(bridge, batch):

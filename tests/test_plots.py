@@ -154,7 +154,8 @@ def test_ablation_heatmap(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.0", "0.5", "1.0"]
     means = np.array([[0.5, np.nan], [0.7, 0.8]])
     sd = np.full((2, 2), 0.01)
-    fig = plots.ablation_heatmap(means, ["causal", "bidirectional"], [0.0, 1.0], sd=sd, save=tmp_path / "arr")
+    fig = plots.ablation_heatmap(means, row_labels=["causal", "bidirectional"], col_labels=[0.0, 1.0], sd=sd,
+                                 save=tmp_path / "arr")
     _assert_written(tmp_path / "arr")
     assert sum(t.get_text() == "—" for t in fig.axes[0].texts) == 1
 
@@ -213,7 +214,7 @@ def test_patching_profile(tmp_path):
     assert by_cell.axes[0].get_legend().get_title().get_text() == "cell"
     retrieval = {"all": {"overall_tie_robust": [0.2, 0.3, 0.5, 0.6], "source_run": {"overall_tie_robust": 0.6},
                          "target_run": {"overall_tie_robust": 0.2}}}
-    fig = plots.patching_profile({"EOS": profile, "all": profile}, retrieval, save=tmp_path / "patching2")
+    fig = plots.patching_profile({"EOS": profile, "all": profile}, retrieval=retrieval, save=tmp_path / "patching2")
     _assert_written(tmp_path / "patching2")
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 3  # the curve and the two runs' levels
 

@@ -188,7 +188,7 @@ def test_each_training_stage_runs(stage):
     decoder = make_decoder(model, processor) if stage == "warmup" else None
     before = [p.detach().clone() for p in model.parameters()]
     make = make_batch_fn(recipe, stage, processor, model, mask_token_id(processor.tokenizer))
-    curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(2)), torch.device("cpu"), False)
+    curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(2)), torch.device("cpu"), progress=False)
     assert len(curve) == 2 and all(np.isfinite(c["loss"]) for c in curve)
     if stage == "warmup":
         assert all(np.isfinite(c["mae"]) for c in curve)

@@ -255,6 +255,14 @@ def test_layerwise_analyses_run_for_each_cells_lowest_captured_seed(tmp_path):
     assert not any(study.layerwise(r) for r in study.runs)
 
 
+def test_a_cell_may_train_some_of_the_seeds(tmp_path):
+    cells = [{"name": "a", "recipe": CAUSAL}, {"name": "b", "recipe": BRIDGED, "seeds": [2]}]
+    study = Study(_load(tmp_path, cells, seeds=[2, 1]), progress=False)
+    assert [r.name for r in study.runs] == ["a-s1", "a-s2", "b-s2"]
+    with pytest.raises(UsageError, match=r"cells: b.seeds \[3\]; give a non-empty list of the study's seeds \[2, 1\]"):
+        _load(tmp_path, [cells[0], {**cells[1], "seeds": [3]}], seeds=[2, 1])
+
+
 def test_bad_config_names_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "cels": []}))

@@ -164,7 +164,7 @@ def test_mask_token_fallbacks(tiny):
 def test_mae_masks_whole_merged_tokens_before_the_vision_tower(tiny):
     _, model, processor = tiny
     batch = encode(processor, model, [Item("", render(s), key=f"m{i}") for i, s in enumerate(SCENES)])
-    tokens = mae_token_mask(batch.image_grid_thw, 0.5, 4, torch.Generator().manual_seed(0))
+    tokens = mae_token_mask(batch.image_grid_thw, 0.5, merge=4, generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (int(batch.is_image.sum()),) and tokens.sum() == 16  # 8 of each image's 16 tokens
     decoder = MAEDecoder(model.config.text_config.hidden_size, batch.pixel_values.shape[1], learned_mask_token=True)
     with torch.no_grad():
@@ -182,11 +182,11 @@ def test_info_nce_ignores_duplicate_targets():
     q = torch.eye(3, 4)
     t = torch.eye(3, 4)
     t[2] = t[0]  # targets 0 and 2 are the same item
-    plain = info_nce(q, t, 0.1)
-    dedup = info_nce(q, t, 0.1, target_keys=["red", "blue", "red"])
+    plain = info_nce(q, t, temperature=0.1)
+    dedup = info_nce(q, t, temperature=0.1, target_keys=["red", "blue", "red"])
     assert dedup < plain
-    assert info_nce(q, torch.eye(3, 4), 0.02) < 1e-6
-    assert info_nce(q, t, 0.1, ["red", "blue", "red"], symmetric=True) > 0
+    assert info_nce(q, torch.eye(3, 4), temperature=0.02) < 1e-6
+    assert info_nce(q, t, temperature=0.1, target_keys=["red", "blue", "red"], symmetric=True) > 0
 
 
 def test_lambda_zero_never_runs_the_recon_branch(tiny):
@@ -253,12 +253,13 @@ def test_text_hard_negatives_change_one_attribute_and_never_make_held_out_combin
 
 def test_info_nce_extra_targets_are_negatives_unless_they_equal_the_positive():
     q, t = torch.eye(2, 4), torch.eye(2, 4)
-    base = info_nce(q, t, 0.5, ["a", "b"])
+    base = info_nce(q, t, temperature=0.5, target_keys=["a", "b"])
     near = torch.cat([t, (t[:1] + 0.1 * t[1:]) / 1.005])  # a hard negative close to query 0's positive
-    assert info_nce(q, near, 0.5, ["a", "b", "a2"]) > base
+    assert info_nce(q, near, temperature=0.5, target_keys=["a", "b", "a2"]) > base
     one, two = torch.eye(1, 4), torch.cat([torch.eye(1, 4), torch.eye(1, 4)])
-    assert info_nce(one, two, 0.5, ["a", "x"]) == pytest.approx(math.log(2))
-    assert info_nce(one, two, 0.5, ["a", "a"]) == pytest.approx(0.0)  # the same item as the positive: masked
+    assert info_nce(one, two, temperature=0.5, target_keys=["a", "x"]) == pytest.approx(math.log(2))
+    # the same item as the positive: masked
+    assert info_nce(one, two, temperature=0.5, target_keys=["a", "a"]) == pytest.approx(0.0)
 
 
 def test_mae_weight_zero_leaves_the_images_whole(tiny):

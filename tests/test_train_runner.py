@@ -33,10 +33,11 @@ def test_loss_falls_on_a_small_budget(stage, recon_weight, key):
     recipe = apply_overrides(Recipe(name="fall"), [
         f"stages.{stage}.steps={steps}", f"stages.{stage}.batch_size=8", f"stages.{stage}.lr=2e-3",
         f"stages.{stage}.warmup_ratio=0.1", "data.batching=mixed", f"recon_weight={recon_weight}", "device=cpu"])
-    model, processor = runner.build_model(recipe, torch.device("cpu"))
+    model, processor = runner.build_model(recipe, device=torch.device("cpu"))
     decoder = runner.make_decoder(model, processor) if stage == "warmup" else None
     make = make_batch_fn(recipe, stage, processor, model, mask_token_id(processor.tokenizer))
-    curve = runner.run_stage(recipe, stage, model, decoder, prefetch(make, range(steps)), torch.device("cpu"), False)
+    curve = runner.run_stage(recipe, stage, model, decoder, prefetch(make, range(steps)), torch.device("cpu"),
+                             progress=False)
     first = sum(c[key] for c in curve[:5]) / 5
     last = sum(c[key] for c in curve[-5:]) / 5
     assert last < 0.9 * first, (first, last)
@@ -137,7 +138,7 @@ def test_cli_train_with_overrides(tmp_path, capsys):
 def test_lora_backbone_trains_adapters_only(tmp_path):
     pytest.importorskip("peft")
     recipe = _recipe("lora", **{"lora.enabled": "true", "stages.warmup": "null", "eval.n_per_dataset": 0})
-    model, _ = runner.build_model(recipe, torch.device("cpu"))
+    model, _ = runner.build_model(recipe, device=torch.device("cpu"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     out = train(recipe, tmp_path / "lora", progress=False)
@@ -286,7 +287,7 @@ def test_outputs_get_the_users_umask(tmp_path):
 
 def test_scores_refuse_nan_embeddings_and_flag_collapsed_ones():
     recipe = _short(**{"eval.n_per_dataset": 2})
-    model, processor = runner.build_model(recipe, torch.device("cpu"))
+    model, processor = runner.build_model(recipe, device=torch.device("cpu"))
     model.eval()
     healthy = runner.score(model, processor, recipe, name="ckpt")
     assert not healthy["degenerate"] and healthy["overall_tie_robust"] <= healthy["overall"]

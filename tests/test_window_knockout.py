@@ -24,10 +24,10 @@ def test_layer_windows():
 
 def test_a_window_over_every_layer_is_the_full_cut(setting):
     model, processor, datasets = setting
-    sweep = window_knockout(model, processor, datasets, "bidirectional", width=4)
+    sweep = window_knockout(model, processor, datasets, mask_type="bidirectional", width=4)
     assert sweep["windows"] == [[0, 1, 2, 3]] and list(sweep["flows"]) == list(FLOWS)
     for name, edges in FLOWS.items():
-        full = evaluate_knockout(model, processor, datasets, "bidirectional", edges)
+        full = evaluate_knockout(model, processor, datasets, mask_type="bidirectional", edges=edges)
         flow = sweep["flows"][name]
         assert flow["score"] == [full["overall"]] and flow["score_tie_robust"] == [full["overall_tie_robust"]]
         assert flow["all_layers"] == {"overall": full["overall"], "overall_tie_robust": full["overall_tie_robust"]}
@@ -42,6 +42,7 @@ def test_each_window_cuts_its_layers_and_the_drop_is_from_the_intact_model(setti
     assert sweep["base"] == {"overall": intact["overall"], "overall_tie_robust": intact["overall_tie_robust"]}
     flow = sweep["flows"]["image->EOS"]
     for window, score, drop in zip(sweep["windows"], flow["score_tie_robust"], flow["drop_tie_robust"]):
-        cut = evaluate_knockout(model, processor, datasets, "causal", flows["image->EOS"], window, preset="vlm2vec")
+        cut = evaluate_knockout(model, processor, datasets, mask_type="causal", edges=flows["image->EOS"],
+                                layers=window, preset="vlm2vec")
         assert score == cut["overall_tie_robust"]
         assert drop == pytest.approx(intact["overall_tie_robust"] - score)

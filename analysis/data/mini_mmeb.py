@@ -95,7 +95,7 @@ def _where_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
     m = scene.main
     positive = m.describe(with_position=False)
     options = ([f"a {m.size} {c} {m.shape}" for c in COLOURS] + [f"a {m.size} {m.colour} {s}" for s in SHAPES]
-               + [shapes.perturb(scene, rng, "size", 0).main.describe(with_position=False)])
+               + [shapes.perturb(scene, rng, attribute="size", index=0).main.describe(with_position=False)])
     negs = _pick(rng, options, positive) if negatives else []
     return Example(_scene_item(scene, f"what is at the {m.position} ?"), _texts(positive, negs), scene.labels())
 
@@ -147,7 +147,8 @@ def _shape_ground(rng: random.Random, split: str, negatives: bool) -> Example:
         add(scene, replace(m, row=row, column=column), "empty")
         attributes = iter(("colour", "shape", "size", "colour", "shape", "colour"))
         while len(candidates) < N_NEGATIVES + 1:  # then colour or shape, until the list is full
-            other = shapes.perturb(scene, rng, next(attributes, None) or rng.choice(("colour", "shape")), 0, split)
+            other = shapes.perturb(scene, rng, attribute=next(attributes, None) or rng.choice(("colour", "shape")),
+                                   index=0, split=split)
             add(other, other.main, other.main.describe(with_position=False))
     query = _image_item(f"select the {m.colour} {m.shape} .", image, shapes.image_id(scene))
     return Example(query, candidates, scene.labels())
@@ -215,7 +216,7 @@ def _task(name: str) -> Task:
     raise ValueError(f"unknown mini-MMEB task {name!r}; valid: {', '.join(TASK_NAMES)}")
 
 
-def build_mini_mmeb(n_per_dataset: int = 100, seed: int = 0, splits: tuple[str, ...] = shapes.SPLITS,
+def build_mini_mmeb(n_per_dataset: int = 100, *, seed: int = 0, splits: tuple[str, ...] = shapes.SPLITS,
                     tasks: tuple[str, ...] | None = None) -> list[EvalDataset]:
     """Evaluation datasets, deterministic in `seed`: IND queries show evaluation scenes only."""
     datasets = []
@@ -227,7 +228,7 @@ def build_mini_mmeb(n_per_dataset: int = 100, seed: int = 0, splits: tuple[str, 
     return datasets
 
 
-def training_examples(n: int, seed: int = 0, tasks: tuple[str, ...] | None = None) -> list[Example]:
+def training_examples(n: int, *, seed: int = 0, tasks: tuple[str, ...] | None = None) -> list[Example]:
     """`n` (query, positive) training pairs mixed evenly over `tasks`, from the training scenes and digits."""
     chosen = [_task(name) for name in (tasks or TASK_NAMES)]
     rng = random.Random(f"train:{seed}")

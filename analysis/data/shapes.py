@@ -90,7 +90,7 @@ def _combo_ok(colour: str, shape: str, split: str) -> bool:
     return split == "ood" or (colour, shape) not in HELD_OUT
 
 
-def sample_scene(rng: random.Random, split: str = "ind", n_objects: int | None = None,
+def sample_scene(rng: random.Random, split: str = "ind", *, n_objects: int | None = None,
                  distinct_shapes: bool = False) -> Scene:
     """Draw a scene: `train` from the training scenes, `ind` from the evaluation scenes (both without
     held-out combinations), `ood` with a held-out colour-shape combination as main object."""
@@ -121,7 +121,7 @@ def _draw_scene(rng: random.Random, split: str, n_objects: int | None, distinct_
     return Scene(tuple(objects))
 
 
-def perturb(scene: Scene, rng: random.Random, attribute: str | None = None, index: int | None = None,
+def perturb(scene: Scene, rng: random.Random, *, attribute: str | None = None, index: int | None = None,
             split: str = "ind") -> Scene:
     """The same scene with exactly one attribute of one object changed (a hard negative)."""
     index = rng.randrange(len(scene.objects)) if index is None else index

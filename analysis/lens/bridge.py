@@ -26,7 +26,8 @@ from analysis.lens.qwen2_vl_adapter import register
 from analysis.models import MODEL_CLASSES
 
 
-def boot(model: torch.nn.Module, processor, copy: bool = True, attn_implementation: str = "eager") -> TransformerBridge:
+def boot(model: torch.nn.Module, processor, *, copy: bool = True,
+         attn_implementation: str = "eager") -> TransformerBridge:
     """`TransformerBridge` over `model` running `attn_implementation` (weights as they are; nothing downloaded).
 
     `processor` is the checkpoint's processor (or its tokenizer). With `copy=True` the bridge wraps a

@@ -131,19 +131,20 @@ def _knocked(edges: Sequence[Edge], layers: Sequence[int] | None):
 
 
 def knockout_embed_items(model, processor, items: Sequence[Item], mask_type: str, edges: Sequence[Edge],
-                         layers: Sequence[int] | None = None, batch_size: int = 64,
+                         *, layers: Sequence[int] | None = None, batch_size: int = 64,
                          normalize: bool = True) -> torch.Tensor:
     """`embed_items` with a knockout: float32 `[N, d]` on the CPU, each distinct key embedded once."""
-    return embed_items(_hf(model), processor, items, mask_type, batch_size, normalize,
+    return embed_items(_hf(model), processor, items, mask_type=mask_type, batch_size=batch_size, normalize=normalize,
                        states_fn=_knocked(edges, layers))
 
 
-def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type: str = "causal",
+def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask_type: str = "causal",
                       edges: Sequence[Edge] = (), layers: Sequence[int] | None = None,
-                      batch_size: int = 64, *, preset: str | Preset = "plain") -> dict:
+                      batch_size: int = 64, preset: str | Preset = "plain") -> dict:
     """mini-MMEB P@1 with `edges` cut in `layers`, inputs as `preset` embeds them; the same dict as
     `analysis.evaluate.evaluate`."""
-    result = evaluate(_hf(model), processor, datasets, mask_type, batch_size, states_fn=_knocked(edges, layers),
+    result = evaluate(_hf(model), processor, datasets, mask_type=mask_type, batch_size=batch_size,
+                      states_fn=_knocked(edges, layers),
                       preset=preset)
     result["knockout"] = {"edges": [list(e) for e in edges], "layers": None if layers is None else list(layers)}
     return result
@@ -159,8 +160,8 @@ def layer_windows(n_layers: int, width: int, stride: int = 1) -> list[list[int]]
     return [list(range(s, s + width)) for s in starts]
 
 
-def window_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type: str | None = None,
-                    flows: dict[str, Sequence[Edge]] | None = None, width: int = 1, stride: int = 1, *,
+def window_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask_type: str | None = None,
+                    flows: dict[str, Sequence[Edge]] | None = None, width: int = 1, stride: int = 1,
                     preset: str | Preset = "plain", batch_size: int = 64) -> dict:
     """P@1 with each flow's edges cut in sliding layer windows (`layer_windows`), against the intact model.
 
@@ -173,7 +174,8 @@ def window_knockout(model, processor, datasets: Sequence[EvalDataset], mask_type
     windows = layer_windows(len(_attention_modules(model)), width, stride)
 
     def score(edges: Sequence[Edge], layers: Sequence[int] | None) -> dict:
-        result = evaluate_knockout(model, processor, datasets, mask_type, edges, layers, batch_size, preset=preset)
+        result = evaluate_knockout(model, processor, datasets, mask_type=mask_type, edges=edges, layers=layers,
+                                   batch_size=batch_size, preset=preset)
         return {k: result[k] for k in ("overall", "overall_tie_robust")}
 
     base = score((), None)
@@ -206,10 +208,10 @@ def knockout_table(model, processor, datasets: Sequence[EvalDataset], mask_type:
     from analysis.metrics.flow import knockout_effect
 
     queries = [ex.query for d in datasets for ex in d.examples]
-    base = embed_items(_hf(model), processor, queries, mask_type)
+    base = embed_items(_hf(model), processor, queries, mask_type=mask_type)
     table = {}
     for name, edges in (KNOCKOUT_CUTS if cuts is None else cuts).items():
-        scores = evaluate_knockout(model, processor, datasets, mask_type, edges)
+        scores = evaluate_knockout(model, processor, datasets, mask_type=mask_type, edges=edges)
         moved = knockout_effect(base, knockout_embed_items(model, processor, queries, mask_type, edges))["mean"]
         table[name] = dict(edges=[list(e) for e in edges], overall=scores["overall"],
                            overall_tie_robust=scores["overall_tie_robust"], ties=scores["ties"],

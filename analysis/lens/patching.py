@@ -42,7 +42,7 @@ def positions_of(batch: Batch, positions: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run(bridge: TransformerBridge, batch: Batch, mask_type: str, patch: dict[int, torch.Tensor] | None = None,
+def run(bridge: TransformerBridge, batch: Batch, mask_type: str, *, patch: dict[int, torch.Tensor] | None = None,
         where: torch.Tensor | None = None, keep_stream: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Forward `batch` under `mask_type`, with the residual stream of layers `patch` (`{r: [B, L, d]}`)
     replaced at `where` (`[B, L]` bool). Returns the residual stream `[layers+1, B, L, d]` after patching
@@ -88,7 +88,8 @@ def patched_embeddings(bridge: TransformerBridge, batch: Batch, source: str, tar
     stream, source_embedding = run(bridge, batch, source)
     where = positions_of(batch, positions)
     _, target_embedding = run(bridge, batch, target, keep_stream=False)
-    patched = [run(bridge, batch, target, {r: stream[r]}, where, keep_stream=False)[1] for r in range(len(stream))]
+    patched = [run(bridge, batch, target, patch={r: stream[r]}, where=where,
+                   keep_stream=False)[1] for r in range(len(stream))]
     return {"source": source_embedding, "target": target_embedding, "patched": torch.stack(patched)}
 
 

@@ -67,7 +67,7 @@ def attention_for(patterns: str) -> str:
     return "eager" if check_patterns(patterns) == "full" else "sdpa"
 
 
-def open_model(checkpoint, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0,
+def open_model(checkpoint, *, dtype: torch.dtype | str | None = None, device: str | None = None, seed: int = 0,
                base: str | Path | None = None, preset: str | Preset | None = None, attn_implementation: str = "eager",
                device_map: str | dict | None = None):
     """`(model, processor, name, preset, opened)` for a checkpoint (see `analysis.checkpoints`) or `(model, processor)`.
@@ -194,7 +194,7 @@ class Recorder:
         return out
 
 
-def run_batch(bridge: TransformerBridge, batch: Batch, mask_type: str, patterns: str = "eos",
+def run_batch(bridge: TransformerBridge, batch: Batch, mask_type: str, *, patterns: str = "eos",
               hooks: Sequence[str] = ()) -> list[dict]:
     """Forward one batch under `mask_type` through the bridge; per sample a dict of numpy arrays.
 
@@ -235,9 +235,10 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     the single-process capture sample for sample.
     """
     attention = attention_for(patterns)
-    name, total, stream = samples(dataset, n, seed, with_target)
-    model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype, device, seed, base, preset,
-                                                                   attention, device_map)
+    name, total, stream = samples(dataset, n, seed=seed, with_target=with_target)
+    model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype=dtype, device=device,
+                                                                   seed=seed, base=base, preset=preset,
+                                                                   attn_implementation=attention, device_map=device_map)
     masks = mask_types.split(",") if isinstance(mask_types, str) else list(mask_types or [preset.attention])
     masks = list(dict.fromkeys(m.strip() for m in masks if m.strip()))
     if not masks:

@@ -77,7 +77,7 @@ def check_data_spec(spec: str) -> str:
     return spec
 
 
-def samples(dataset: str | Sequence, n: int | None = None, seed: int = 0,
+def samples(dataset: str | Sequence, n: int | None = None, *, seed: int = 0,
             with_target: bool = False) -> tuple[str, int, Iterator[Sample]]:
     """`(name, count, stream)` for a data spec (see the module docstring) or a list of Examples / EvalDatasets / Items.
 
@@ -148,12 +148,12 @@ def _spread(n: int, sizes: list[int]) -> list[int]:
     return counts
 
 
-def load_eval_datasets(spec: str, n: int | None = None, seed: int = 0) -> list[EvalDataset]:
+def load_eval_datasets(spec: str, *, n: int | None = None, seed: int = 0) -> list[EvalDataset]:
     """Datasets to score for `cocoa-lens evaluate --data`: `mini-mmeb` (`n` per dataset, `seed`) or
     `mmeb:` / `mmeb2:` (the first `n` queries of each dataset, all by default)."""
     parsed = parse_data_spec(spec)
     if parsed.kind == "mini-mmeb":
-        return build_mini_mmeb(seed=seed) if n is None else build_mini_mmeb(n, seed)
+        return build_mini_mmeb(seed=seed) if n is None else build_mini_mmeb(n, seed=seed)
     if parsed.kind in MMEB_VERSION:
         return load_mmeb_eval(parsed.path, list(parsed.names) or None, max_queries=n,
                               version=MMEB_VERSION[parsed.kind])

@@ -114,7 +114,7 @@ def _layer_matrices(patterns, head_reduce: str, add_residual: bool) -> np.ndarra
     return a
 
 
-def attention_rollout(patterns, head_reduce: str = "mean", add_residual: bool = True) -> np.ndarray:
+def attention_rollout(patterns, *, head_reduce: str = "mean", add_residual: bool = True) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema, 2020): ``[layers, heads, q, k]`` -> ``[q, k]``.
 
     Per layer the heads are reduced (mean / max / min) and, with ``add_residual``, replaced by
@@ -131,7 +131,7 @@ def attention_rollout(patterns, head_reduce: str = "mean", add_residual: bool = 
 def attention_flow(
     patterns,
     target_position: int,
-    source_positions: Sequence[int] | None = None,
+    *, source_positions: Sequence[int] | None = None,
     head_reduce: str = "mean",
     add_residual: bool = True,
     max_positions: int = 64,
@@ -254,5 +254,5 @@ def image_rollout(sample: CapturedSample, head_reduce: str = "mean") -> np.ndarr
     if not image.any():
         raise ValueError("the sample has no image tokens")
     t, h, w = merged_grid(sample.record.image_grid, int(image.sum()))
-    rollout = attention_rollout(pattern, head_reduce)[sample.eos_index]
+    rollout = attention_rollout(pattern, head_reduce=head_reduce)[sample.eos_index]
     return rollout[image].reshape(t, h, w).mean(axis=0)

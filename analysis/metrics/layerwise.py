@@ -36,7 +36,7 @@ class FinalNorm:
         return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + self.eps) * as_numpy(self.weight)
 
 
-def layer_scores(query, candidates, norm: FinalNorm | None = None, dataset: str = "the dataset") -> dict:
+def layer_scores(query, candidates, *, norm: FinalNorm | None = None, dataset: str = "the dataset") -> dict:
     """P@1 at every layer of query states `[Q, layers, d]` against candidate states `[Q, C, layers, d]`
     (positive at index 0): `{"score", "score_tie_robust", "ties"}`, each a list over layers."""
     q, c = as_numpy(query), as_numpy(candidates)
@@ -84,7 +84,7 @@ def layerwise_retrieval(queries: Mapping[str, np.ndarray], candidates: Mapping[s
         q = np.stack([queries[ex.query.key] for ex in d.examples])
         c = np.stack([np.stack([candidates[c.key] for c in ex.candidates]) for ex in d.examples])
         records.append(dict(dataset=d.key, meta_task=d.meta_task, split=d.split, negatives=d.negatives,
-                            n=len(d.examples), **layer_scores(q, c, norm, dataset=d.key)))
+                            n=len(d.examples), **layer_scores(q, c, norm=norm, dataset=d.key)))
     n_layers = len(records[0]["score"])
     per_layer = [mmeb_scores([{**r, **{k: r[k][layer] for k in ("score", "score_tie_robust", "ties")}}
                               for r in records]) for layer in range(n_layers)]

@@ -288,7 +288,7 @@ def _states(states) -> np.ndarray:
     return x
 
 
-def probe_attributes(states, attributes: Mapping[str, Sequence[Hashable]], groups: Sequence[Hashable] | None = None,
+def probe_attributes(states, attributes: Mapping[str, Sequence[Hashable]], *, groups: Sequence[Hashable] | None = None,
                      types: Sequence[Hashable] | None = None, **probe_kwargs) -> dict[str, dict]:
     """Probe several attributes of the same states ``[N, layers, d]``, every probe in one batched solve.
 

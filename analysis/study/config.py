@@ -38,7 +38,8 @@ class Cell:
     """One cell of the ablation grid: a recipe plus overrides (`set`, after the study's `recipe_set`).
 
     Its mask type and λ are the recipe's (`Recipe.grid_point`), filled in when the config loads; a cell
-    may state them as a check, and a disagreement is an error before anything runs.
+    may state them as a check, and a disagreement is an error before anything runs. `seeds`: the training
+    seeds of this cell, some of the study's (null: all of them).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Cell:
     recon_weight: float | None = None
     set: list[str] = field(default_factory=list)
     note: str = ""
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -177,6 +179,10 @@ class StudyConfig:
             _place(cell, self.recipe_set)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"seeds must be distinct and at least one; got {self.seeds}")
+        for cell in self.cells:
+            if cell.seeds is not None and (not cell.seeds or not set(cell.seeds) <= set(self.seeds)):
+                raise UsageError(f"cells: {cell.name}.seeds {cell.seeds}; give a non-empty list of the study's seeds "
+                                 f"{self.seeds}, or leave it out for all of them")
         if self.workers < 1 or self.capture.n < 1 or self.capture.flow_n < 1:
             raise UsageError(f"workers, capture.n and capture.flow_n must be >= 1; got {self.workers}, "
                              f"{self.capture.n}, {self.capture.flow_n}")

@@ -76,7 +76,7 @@ def notebook_done(out: Path, stamp: dict) -> bool:
     return (out / METRICS_FILE).is_file() and read_json(out / STAMP_FILE) == stamp
 
 
-def execute_notebook(name: str, out: Path, params: dict, stamp: dict, kernel=None, timeout: float | None = None,
+def execute_notebook(name: str, out: Path, params: dict, stamp: dict, *, kernel=None, timeout: float | None = None,
                      source: Path | None = None) -> None:
     """Execute `notebooks/<name>.ipynb` (or `source`) with `params` into `out/<name>.ipynb` through papermill;
     metrics land in `out/metrics.json`, and `stamp` in `out/stamp.json` once it has succeeded.

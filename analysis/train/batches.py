@@ -65,7 +65,7 @@ def warmup_batch(processor, model, examples: list[Example], mntp_prob: float, ma
     mae = None
     if batch.image_grid_thw is not None and mae_ratio > 0:
         merge = processor.image_processor.merge_size ** 2
-        mae = mae_token_mask(batch.image_grid_thw, mae_ratio, merge, generator)
+        mae = mae_token_mask(batch.image_grid_thw, mae_ratio, merge=merge, generator=generator)
     return MaskedBatch(batch, labels, mae)
 
 
@@ -107,7 +107,7 @@ def perturb_text(text: str, rng: random.Random) -> str | None:
     return None
 
 
-def pair_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None,
+def pair_batch(processor, model, examples: list[Example], *, max_text_tokens: int | None = None,
                hard_negatives: int = 0, rng: random.Random | None = None) -> PairBatch:
     """Queries, their positives, then up to `hard_negatives` perturbed texts per text positive (extra targets)."""
     queries, positives = [ex.query for ex in examples], [ex.positive for ex in examples]
@@ -166,7 +166,8 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
             out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)
         if stage == "contrastive" or recipe.recon_weight < 1:
             rng = random.Random(derived_seed(recipe.seed, stage, step, "negatives"))
-            out["pairs"] = pair_batch(processor, model, examples, limit, recipe.data.hard_negatives, rng)
+            out["pairs"] = pair_batch(processor, model, examples, max_text_tokens=limit,
+                                      hard_negatives=recipe.data.hard_negatives, rng=rng)
         return out
 
     return make

@@ -33,7 +33,7 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def cached_contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: float = 0.02,
+def cached_contrastive_loss(model, pb: PairBatch, embed_mask: str, *, temperature: float = 0.02,
                             symmetric: bool = False, chunk_size: int = 32, weight: float = 1.0) -> Tensor:
     """InfoNCE of `pb` (see `analysis.train.objectives.contrastive_loss`) with gradient caching.
 
@@ -54,7 +54,7 @@ def cached_contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: 
     with torch.enable_grad():  # pass 2: the loss over all ranks' rows, and its gradient w.r.t. ours
         query = distributed.gather_with_grad(cached[:pb.n])
         target = distributed.gather_with_grad(cached[pb.n:])
-        loss = info_nce(query, target, temperature, pb.target_keys, symmetric)
+        loss = info_nce(query, target, temperature=temperature, target_keys=pb.target_keys, symmetric=symmetric)
         (grad,) = torch.autograd.grad(loss * weight, cached)
     for chunk, state in zip(chunks, rng):  # pass 3: each chunk again, with autograd, fed its cached gradient
         _set_rng_state(state, device)

@@ -158,7 +158,7 @@ class MAEDecoder(nn.Module):
         return self.net(states).view(-1, self.merge, self.patch_dim)
 
 
-def mae_token_mask(image_grid_thw: Int[Tensor, "images 3"], ratio: float, merge: int = 4,
+def mae_token_mask(image_grid_thw: Int[Tensor, "images 3"], ratio: float, *, merge: int = 4,
                    generator: torch.Generator | None = None) -> Bool[Tensor, " tokens"]:
     """Choose round(ratio * n) of each image's n merged tokens (at least 1, at most n-1)."""
     out = []
@@ -189,7 +189,7 @@ def mae_loss(decoder: MAEDecoder, image_states: Float[Tensor, "tokens d_model"],
 
 
 # -- InfoNCE ---------------------------------------------------------------------------------------
-def info_nce(query: Float[Tensor, "n d"], target: Float[Tensor, "m d"], temperature: float = 0.02,
+def info_nce(query: Float[Tensor, "n d"], target: Float[Tensor, "m d"], *, temperature: float = 0.02,
              target_keys: list[str] | None = None, symmetric: bool = False) -> Tensor:
     """In-batch InfoNCE on cosine similarity: query i's positive is target i; targets beyond the n-th are
     extra (hard) negatives. A target equal to query i's positive (same key) is not a negative for i."""
@@ -283,7 +283,7 @@ def recon_loss(model, mb: MaskedBatch, mask_type: str, **forward_kwargs) -> Tens
     return mntp_loss(hidden, mb.labels, base_model(model).lm_head)
 
 
-def contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: float = 0.02,
+def contrastive_loss(model, pb: PairBatch, embed_mask: str, *, temperature: float = 0.02,
                      symmetric: bool = False, chunk_size: int | None = None, weight: float = 1.0) -> Tensor:
     """InfoNCE between the EOS states of `[query][EOS]` and `[target][EOS]`, both under `embed_mask`.
 
@@ -294,14 +294,15 @@ def contrastive_loss(model, pb: PairBatch, embed_mask: str, temperature: float =
     if chunk_size:
         from analysis.train.gradcache import cached_contrastive_loss
 
-        return cached_contrastive_loss(model, pb, embed_mask, temperature, symmetric, chunk_size, weight)
+        return cached_contrastive_loss(model, pb, embed_mask, temperature=temperature, symmetric=symmetric,
+                                       chunk_size=chunk_size, weight=weight)
     states = torch.cat([eos_states(base_model(model), part, embed_mask) for part in pb.parts()])
     query, target = distributed.gather_with_grad(states[:pb.n]), distributed.gather_with_grad(states[pb.n:])
-    return info_nce(query, target, temperature, pb.target_keys, symmetric)
+    return info_nce(query, target, temperature=temperature, target_keys=pb.target_keys, symmetric=symmetric)
 
 
 def bridged_loss(model, recon: MaskedBatch | None, pairs: PairBatch | None, recon_weight: float, mask_type: str,
-                 embed_mask: str, temperature: float = 0.02, symmetric: bool = False,
+                 embed_mask: str, *, temperature: float = 0.02, symmetric: bool = False,
                  chunk_size: int | None = None) -> dict[str, Tensor]:
     """Stage 2: `λ·L_recon + (1-λ)·L_infonce`; a branch whose weight is 0 is not computed at all.
 
@@ -313,8 +314,9 @@ def bridged_loss(model, recon: MaskedBatch | None, pairs: PairBatch | None, reco
         out["recon"] = recon_loss(model, recon, mask_type)
         total = total + recon_weight * out["recon"]
     if recon_weight < 1:
-        out["infonce"] = contrastive_loss(model, pairs, embed_mask, temperature, symmetric, chunk_size,
-                                          1 - recon_weight)
+        out["infonce"] = contrastive_loss(model, pairs, embed_mask, temperature=temperature, symmetric=symmetric,
+                                          chunk_size=chunk_size,
+                                          weight=1 - recon_weight)
         total = total + (1 - recon_weight) * out["infonce"]
     out["loss"] = total
     return out

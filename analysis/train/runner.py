@@ -91,7 +91,7 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def build_model(recipe: Recipe, device: torch.device | None = None, checkpoint: str | Path | None = None):
+def build_model(recipe: Recipe, *, device: torch.device | None = None, checkpoint: str | Path | None = None):
     """`(model, processor)` for the recipe's backbone (or a stage `checkpoint`), on `device`, LoRA applied."""
     device = device or resolve_device(recipe)
     with quiet_hf():
@@ -216,13 +216,14 @@ def stage_loss_fn(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None)
         return lambda b: warmup_loss(model, decoder, b["warmup"], cfg.mask, cfg.mae_weight)
     if stage == "bridged":
         return lambda b: bridged_loss(model, b.get("recon"), b.get("pairs"), recipe.recon_weight, cfg.mask,
-                                      recipe.embed_mask, recipe.temperature, recipe.symmetric, cfg.chunk_size)
-    return lambda b: {"loss": contrastive_loss(model, b["pairs"], recipe.embed_mask, recipe.temperature,
-                                               recipe.symmetric, cfg.chunk_size)}
+                                      recipe.embed_mask, temperature=recipe.temperature, symmetric=recipe.symmetric,
+                                      chunk_size=cfg.chunk_size)
+    return lambda b: {"loss": contrastive_loss(model, b["pairs"], recipe.embed_mask, temperature=recipe.temperature,
+                                               symmetric=recipe.symmetric, chunk_size=cfg.chunk_size)}
 
 
 def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, batches: Iterable[dict],
-              device: torch.device, progress: bool = True, resume: dict | None = None,
+              device: torch.device, *, progress: bool = True, resume: dict | None = None,
               save_to: Path | None = None) -> list[dict]:
     """Optimise `model` (and, in warm-up, `decoder`) over `batches`; return the per-step loss curve.
 
@@ -437,7 +438,7 @@ def finished_stages(out: Path, recipe: Recipe) -> list[str]:
 
 
 # -- the whole run ---------------------------------------------------------------------------------
-def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = True,
+def train(recipe: Recipe | str | Path, out_dir: str | Path, *, progress: bool = True,
           overrides: Iterable[str] = (), log: Callable[[str], None] | None = None) -> Path:
     """Run the recipe's stages into `out_dir` (resuming; idempotent) and score the result. Returns `out_dir`."""
     if not isinstance(recipe, Recipe):
@@ -458,7 +459,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
     device = resolve_device(recipe)
     done = finished_stages(out, recipe)
     last = out / "stages" / done[-1] if done else None
-    model, processor = build_model(recipe, device, checkpoint=last)
+    model, processor = build_model(recipe, device=device, checkpoint=last)
     if done:
         say(f"{recipe.name}: resuming after stage(s) {', '.join(done)} from {last}")
     mask_id = mask_token_id(processor.tokenizer)
@@ -477,7 +478,8 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
         if first:
             say(f"{recipe.name}: resuming stage {stage} at step {first} from {partial}")
         start, cpu = time.perf_counter(), time.process_time()
-        curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(first, cfg.steps)), device, progress,
+        curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(first, cfg.steps)), device,
+                          progress=progress,
                           resume=resume, save_to=partial)
         seconds = time.perf_counter() - start + (0.0 if resume is None else resume["seconds"])
         cpu = time.process_time() - cpu
@@ -489,7 +491,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, progress: bool = Tru
             f"loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f})")
     final = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     final.eval()
-    scores = score(final, processor, recipe, device, progress, name=str(out))
+    scores = score(final, processor, recipe, device=device, progress=progress, name=str(out))
 
     def finish() -> None:
         with quiet_hf():
@@ -523,7 +525,7 @@ def _after_main(write: Callable[[], object]) -> None:
         raise UsageError(f"rank 0 failed: {message}")
 
 
-def score(model, processor, recipe: Recipe, device: torch.device | None = None, progress: bool = False,
+def score(model, processor, recipe: Recipe, *, device: torch.device | None = None, progress: bool = False,
           name: str = "the model") -> dict:
     """Mini-MMEB P@1 (overall, meta-tasks, IND/OOD, hard/random, per dataset; tie-robust beside each) under the
     recipe's embed_mask, with the embeddings' spread and `degenerate` when they have collapsed. NaN / inf
@@ -537,7 +539,8 @@ def score(model, processor, recipe: Recipe, device: torch.device | None = None, 
     datasets = build_mini_mmeb(recipe.eval.n_per_dataset, seed=recipe.eval.seed)
     start = time.perf_counter()
     with autocast(device or torch.device("cpu")):
-        result = evaluate(model, processor, datasets, recipe.embed_mask, recipe.eval.batch_size, progress=progress,
+        result = evaluate(model, processor, datasets, mask_type=recipe.embed_mask,
+                          batch_size=recipe.eval.batch_size, progress=progress,
                           name=name, split=True)
     ind = mmeb_scores([r for r in result["datasets"] if r["split"] == "ind"], groups=("meta_task", "negatives"))
     result.update(ind_overall=ind["overall"], ind_overall_tie_robust=ind["overall_tie_robust"],
