@@ -20,6 +20,7 @@ from analysis.masks import EOS, PAD, A, B, additive_mask, rope_position_ids
 from analysis.presets import IMAGE_PAD, SEGMENTS, Preset, get_preset
 
 SEGMENT_ID = {name: i for i, name in enumerate(SEGMENTS)}
+PER_TOKEN = ("input_ids", "roles", "is_image", "mm_token_type_ids", "segment_ids")  # Batch's [B, L] fields
 
 
 @dataclass
@@ -51,13 +52,12 @@ class Batch:
 
     def rows(self, rows: range) -> "Batch":
         """Rows `rows` (a contiguous range) with their images' patches: same length L."""
-        has_image = self.is_image.any(1)
-        out = {name: getattr(self, name)[rows.start:rows.stop] for name in
-               ("input_ids", "roles", "is_image", "mm_token_type_ids", "eos_index", "segment_ids")}
+        out = {name: getattr(self, name)[rows.start:rows.stop] for name in (*PER_TOKEN, "eos_index")}
         out["position_ids"] = self.position_ids[:, rows.start:rows.stop]
         out["pool"] = None if self.pool is None else self.pool[rows.start:rows.stop]
         out["pixel_values"] = out["image_grid_thw"] = None
         if self.image_grid_thw is not None:
+            has_image = self.is_image.any(1)
             first, last = int(has_image[:rows.start].sum()), int(has_image[:rows.stop].sum())
             if last > first:
                 patches = torch.cat([self.image_grid_thw.new_zeros(1), self.image_grid_thw.prod(-1).cumsum(0)])
@@ -71,8 +71,7 @@ class Batch:
         length = int((self.roles != PAD).sum(1).max()) if len(self.roles) else 0
         if length == self.roles.shape[1]:
             return self
-        cut = {name: getattr(self, name)[:, :length]
-               for name in ("input_ids", "roles", "is_image", "mm_token_type_ids", "segment_ids")}
+        cut = {name: getattr(self, name)[:, :length] for name in PER_TOKEN}
         return replace(self, **cut, position_ids=self.position_ids[..., :length],
                        pool=None if self.pool is None else self.pool[:, :length])
 

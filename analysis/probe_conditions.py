@@ -71,9 +71,10 @@ def probe_condition(capture: Capture, attributes: Sequence[str], n: int, *, laye
     for states_name, stem, suffix, states in (("EOS", "probing_curves", "", capture.eos_states()[:n]),
                                               ("mean-pooled A", "probing_content", "/content_mean",
                                                capture.content_mean()[:n])):
-        every = _probe(_layers(states, layers), labels, groups, cv, seed,
+        states = _layers(states, layers)
+        every = _probe(states, labels, groups, cv, seed,
                        ProbeSet("probes", suffix, states_name, "all", f"{stem}_{{ran}}", n=n))
-        unnamed = _probe(_layers(states, layers), hidden, groups, cv, seed,
+        unnamed = _probe(states, hidden, groups, cv, seed,
                          ProbeSet("probes_label_not_in_text", suffix, states_name, "label not in text",
                                   f"{stem}_{{ran}}_label_not_in_text", n=n))
         for kind in ("results", "skipped"):
