@@ -47,6 +47,13 @@ class Opened:
         """The embedder preset: `name` if given, else the declared one, else `plain` under the recipe's mask."""
         return preset_for(self.declared, self.recipe, name)
 
+    @property
+    def trained_with_reconstruction(self) -> bool:
+        """Whether the recipe it was trained with ran EOS-bridged reconstruction (stage 2 with steps and λ > 0)."""
+        from analysis.train.recipe import Recipe
+
+        return self.recipe is not None and Recipe.from_dict(self.recipe).grid_point()[1] > 0
+
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """`"bfloat16"` -> `torch.bfloat16`; None stays None; anything else names the valid choices."""

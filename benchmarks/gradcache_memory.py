@@ -50,7 +50,8 @@ def one_step(batch_size: int, chunk_size: int | None, threads: int) -> dict:
     model.train()
     before = peak_mib()
     start = time.perf_counter()
-    loss = contrastive_loss(model, pairs, recipe.embed_mask, temperature=recipe.temperature, chunk_size=chunk_size)
+    loss = contrastive_loss(model, pairs, recipe.embed_mask, temperature=recipe.stages.contrastive.temperature,
+                            chunk_size=chunk_size)
     if loss.requires_grad:
         loss.backward()
     seconds = time.perf_counter() - start

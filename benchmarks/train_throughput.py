@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     base = load_recipe(args.recipe) if args.recipe else Recipe(name="bench")
     sets = [f"stages.{s}.steps={args.steps}" for s in ("warmup", "bridged", "contrastive")]
     sets += [f"stages.{s}.batch_size={args.batch_size}" for s in ("warmup", "bridged", "contrastive")]
-    recipe = apply_overrides(base, sets + ["recon_weight=1.0"])
+    recipe = apply_overrides(base, sets + ["stages.bridged.recon_weight=1.0"])
     device = resolve_device(recipe)
     model, processor = build_model(recipe, device=device)
     initial = copy.deepcopy(model.state_dict())

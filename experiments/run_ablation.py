@@ -54,7 +54,7 @@ def _cell(values: list[float]) -> str:
 def _schedule(recipe) -> str:
     parts = []
     for name, stage in recipe.stages.active():
-        label = f"bridged λ={recipe.recon_weight:g} ({stage.mask})" if name == "bridged" else name
+        label = f"bridged λ={stage.recon_weight:g} ({stage.mask})" if name == "bridged" else name
         parts.append(f"{label} {stage.steps}")
     return " + ".join(parts) + f" = {recipe.total_steps()} steps; embed {recipe.embed_mask}"
 

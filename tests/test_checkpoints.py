@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from analysis.checkpoints import open_checkpoint, parse_device, parse_dtype
+from analysis.checkpoints import Opened, open_checkpoint, parse_device, parse_dtype
 from analysis.data.items import Item
 from analysis.errors import UsageError
 from analysis.inputs import encode
@@ -94,3 +94,16 @@ def test_dtype_and_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             parse_device("cuda")
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    (None, False),                                                                     # not trained here
+    ({"stages": {"contrastive": {"steps": 10}}}, False),
+    ({"stages": {"bridged": {"steps": 10, "recon_weight": 0.5}}}, True),
+    ({"stages": {"bridged": {"steps": 10, "recon_weight": 0.0}}}, False),               # stage 2 is InfoNCE only
+    ({"stages": {"bridged": {"steps": 0}}}, False),                                    # stage 2 skipped
+    ({"stages": {"bridged": {"steps": 10}}, "recon_weight": 0.0}, False),              # recipe.yaml before the move
+    ({"stages": {"bridged": {"steps": 10}, "contrastive": None}, "recon_weight": 1.0}, True),
+])
+def test_whether_a_checkpoint_trained_with_reconstruction(recipe, expected):
+    assert Opened(torch.nn.Linear(1, 1), None, "x", recipe=recipe).trained_with_reconstruction is expected

@@ -165,10 +165,8 @@ name: dp
 backbone: {name: tiny-qwen2.5-vl, hidden_size: 32, vision_width: 32}
 stages:
   warmup: {steps: 2, lr: 1.0e-4, batch_size: 6, mae_weight: 0.5}
-  bridged: {steps: 2, lr: 1.0e-4, batch_size: 6}
-  contrastive: {steps: 2, lr: 1.0e-4, batch_size: 6, chunk_size: 2}
-recon_weight: 0.5
-temperature: 0.5
+  bridged: {steps: 2, lr: 1.0e-4, batch_size: 6, recon_weight: 0.5, temperature: 0.5}
+  contrastive: {steps: 2, lr: 1.0e-4, batch_size: 6, chunk_size: 2, temperature: 0.5}
 device: cpu
 eval: {n_per_dataset: 0}
 """

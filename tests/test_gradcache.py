@@ -19,7 +19,8 @@ TOL = 1e-5
 def _setup(stage: str, recon_weight: float = 1.0):
     recipe = apply_overrides(Recipe(name="gc"), [
         f"stages.{stage}.steps=1", f"stages.{stage}.batch_size=6", "data.batching=mixed", "data.hard_negatives=1",
-        "backbone.hidden_size=32", "backbone.vision_width=32", f"recon_weight={recon_weight}", "device=cpu"])
+        "backbone.hidden_size=32", "backbone.vision_width=32", "device=cpu",
+        *([f"stages.bridged.recon_weight={recon_weight}"] if stage == "bridged" else [])])
     model, processor = build_model(recipe, device=torch.device("cpu"))
     step = make_batch_fn(recipe, stage, processor, model, mask_token_id(processor.tokenizer))(0)
     return recipe, model, step
@@ -28,11 +29,13 @@ def _setup(stage: str, recon_weight: float = 1.0):
 def _grads(model, recipe, stage, step, chunk_size):
     model.zero_grad(set_to_none=True)
     if stage == "contrastive":
-        loss = contrastive_loss(model, step["pairs"], recipe.embed_mask, temperature=recipe.temperature,
-                                symmetric=True, chunk_size=chunk_size)
+        temperature = recipe.stages.contrastive.temperature
+        loss = contrastive_loss(model, step["pairs"], recipe.embed_mask, temperature=temperature, symmetric=True,
+                                chunk_size=chunk_size)
     else:
-        loss = bridged_loss(model, step.get("recon"), step["pairs"], recipe.recon_weight, "eos_bridged",
-                            recipe.embed_mask, temperature=recipe.temperature, symmetric=True,
+        cfg = recipe.stages.bridged
+        loss = bridged_loss(model, step.get("recon"), step["pairs"], cfg.recon_weight, "eos_bridged",
+                            recipe.embed_mask, temperature=cfg.temperature, symmetric=True,
                             chunk_size=chunk_size)["loss"]
     if loss.requires_grad:
         loss.backward()

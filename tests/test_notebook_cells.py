@@ -49,3 +49,17 @@ def test_the_study_passes_only_declared_parameters():
     }
     for notebook, names in study_sets.items():
         assert names <= set(notebook_parameters(notebook)), notebook
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_default_checkpoints_exist(path):
+    """A notebook run without parameters opens its default checkpoint: a path there must name a directory the
+    repository holds (a base checkpoint's name changes with its recipe's digest)."""
+    from analysis.repo_paths import located
+
+    cell = next(s for _, c, s in _code_cells(path) if "parameters" in c.get("metadata", {}).get("tags", []))
+    for node in ast.parse(cell).body:
+        name = getattr(node.targets[0] if isinstance(node, ast.Assign) else node.target, "id", "")
+        value = getattr(node.value, "value", None)
+        if "checkpoint" in name and isinstance(value, str) and value and not value.startswith("tiny-"):
+            assert Path(located(value)).is_dir(), f"{path.name}: default {name} = {value!r} is not in the repository"

@@ -184,7 +184,8 @@ def test_each_training_stage_runs(stage):
 
     model, processor = build_tiny(NAME, seed=1, attn_implementation="sdpa", hidden_size=32, vision_width=32)
     recipe = apply_overrides(Recipe(name="q3"), [f"stages.{stage}.steps=2", f"stages.{stage}.batch_size=4",
-                                                 "recon_weight=0.5", "device=cpu"])
+                                                 "device=cpu",
+                                                 *(["stages.bridged.recon_weight=0.5"] * (stage == "bridged"))])
     decoder = make_decoder(model, processor) if stage == "warmup" else None
     before = [p.detach().clone() for p in model.parameters()]
     make = make_batch_fn(recipe, stage, processor, model, mask_token_id(processor.tokenizer))

@@ -58,17 +58,19 @@ def test_unknown_keys_list_the_valid_ones():
 @pytest.mark.parametrize("data, match", [
     ({"embed_mask": "eos_bridged"}, "embed_mask: unknown 'eos_bridged'; valid: causal, bidirectional"),
     ({"stages": {"bridged": {"mask": "causl"}}}, "valid: causal, bidirectional, eos_bridged, eos_bridged_strict"),
-    ({"recon_weight": 1.5}, r"recon_weight must lie in \[0, 1\]"),
+    ({"stages": {"bridged": {"recon_weight": 1.5}}}, r"stages.bridged.recon_weight must lie in \[0, 1\]"),
     ({"stages": {"contrastive": {"steps": "many"}}}, "stages.contrastive.steps must be an integer"),
     ({"stages": {"contrastive": {"schedule": "exp"}}}, "valid: cosine, linear, constant"),
     ({"data": {"tasks": ["ShapesObject", "Nope"]}}, "valid tasks: ShapesObject"),
     ({"backbone": {"name": "/some/dir", "hidden_size": 64}}, "apply to the tiny backbones"),
     ({"device": "tpu"}, "valid: auto, cpu, cuda"),
-    ({"temperature": 0}, "temperature must be > 0"),
+    ({"stages": {"contrastive": {"temperature": 0}}}, "stages.contrastive.temperature must be > 0"),
+    ({"stages": {"bridged": {"temperature": -1}}}, "stages.bridged.temperature must be > 0"),
     ({"stages": {"contrastive": {"steps": float("inf")}}}, "stages.contrastive.steps must be an integer; got inf"),
     ({"stages": {"contrastive": {"steps": float("nan")}}}, "stages.contrastive.steps must be an integer; got nan"),
     ({"stages": {"bridged": {"lr": float("inf")}}}, "stages.bridged.lr must be a finite number"),
-    ({"recon_weight": "one"}, "recon_weight must be a number; got 'one'"),
+    ({"stages": {"bridged": {"recon_weight": "one"}}}, "stages.bridged.recon_weight must be a number; got 'one'"),
+    ({"recon_weight": 1.5, "stages": {"bridged": {}}}, r"stages.bridged.recon_weight must lie in \[0, 1\]"),
     ({"stages": {"bridged": {"save_every": -1}}}, "save_every must be >= 0"),
 ])
 def test_bad_values_are_explained(data, match):
@@ -77,13 +79,15 @@ def test_bad_values_are_explained(data, match):
 
 
 def test_overrides_coerce_types_and_create_stages():
-    r = apply_overrides(Recipe(), ["stages.bridged.steps=100", "recon_weight=0.5", "stages.contrastive.lr=1e-3",
-                                   "backbone.hidden_size=192", "symmetric=true", "data.tasks=ShapesObject,Digits",
+    r = apply_overrides(Recipe(), ["stages.bridged.steps=100", "stages.bridged.recon_weight=0.5",
+                                   "stages.contrastive.lr=1e-3", "backbone.hidden_size=192",
+                                   "stages.contrastive.symmetric=true", "data.tasks=ShapesObject,Digits",
                                    "stages.warmup.mae_ratio=0.5"])
     assert r.stages.bridged.steps == 100 and r.stages.bridged.mask == "eos_bridged"
-    assert r.recon_weight == 0.5 and isinstance(r.recon_weight, float)
+    assert r.stages.bridged.recon_weight == 0.5 and isinstance(r.stages.bridged.recon_weight, float)
     assert r.stages.contrastive.lr == pytest.approx(1e-3) and isinstance(r.stages.contrastive.lr, float)
-    assert r.backbone.hidden_size == 192 and r.symmetric is True
+    assert r.backbone.hidden_size == 192 and r.stages.contrastive.symmetric is True
+    assert r.stages.bridged.symmetric is False  # each stage holds its own
     assert r.data.tasks == ["ShapesObject", "Digits"] and r.stages.warmup.mae_ratio == 0.5
     cleared = apply_overrides(r, ["stages.warmup=null", "backbone.hidden_size=none"])
     assert cleared.stages.warmup is None and cleared.backbone.hidden_size is None
@@ -121,9 +125,9 @@ def test_yaml_syntax_errors_and_unparsable_overrides_are_one_line(tmp_path):
     (["stages.contrastive.steps=10"], ("bidirectional", 0.0)),
     (["stages.contrastive.steps=10", "embed_mask=causal"], ("causal", 0.0)),
     (["stages.bridged.steps=10"], ("eos_bridged", 1.0)),
-    (["stages.bridged.steps=10", "stages.bridged.mask=eos_bridged_strict", "recon_weight=0.5"],
+    (["stages.bridged.steps=10", "stages.bridged.mask=eos_bridged_strict", "stages.bridged.recon_weight=0.5"],
      ("eos_bridged_strict", 0.5)),
-    (["stages.bridged.steps=10", "recon_weight=0"], ("bidirectional", 0.0)),  # the stage-2 mask is never used
+    (["stages.bridged.steps=10", "stages.bridged.recon_weight=0"], ("bidirectional", 0.0)),  # stage-2 mask unused
     (["stages.bridged.steps=0", "stages.contrastive.steps=10"], ("bidirectional", 0.0)),
 ])
 def test_grid_point_is_read_from_the_recipe(overrides, point):
@@ -142,3 +146,50 @@ def test_a_recipe_needs_a_stage_to_train():
     with pytest.raises(UsageError, match="has no stage with steps > 0"):
         Recipe().require_stages()
     apply_overrides(Recipe(), ["stages.contrastive.steps=1"]).require_stages()
+
+
+def test_recipes_written_before_the_stage_settings_moved_still_load():
+    """A checkpoint's recipe.yaml from before: top-level recon_weight / temperature / symmetric land on the stages
+    that use them (written out per key below, not by the migration), and a null stage drops them."""
+    old = {"stages": {"bridged": {"steps": 5, "mask": "eos_bridged_strict"}, "contrastive": {"steps": 7},
+                      "warmup": None},
+           "recon_weight": 0.25, "temperature": 0.07, "symmetric": True, "embed_mask": "causal"}
+    r = Recipe.from_dict(old)
+    bridged = r.stages.bridged
+    assert (bridged.recon_weight, bridged.temperature, bridged.symmetric) == (0.25, 0.07, True)
+    assert (r.stages.contrastive.temperature, r.stages.contrastive.symmetric) == (0.07, True)
+    assert r.stages.bridged.mask == "eos_bridged_strict" and r.stages.contrastive.steps == 7 and r.stages.warmup is None
+    assert "recon_weight" not in r.to_dict() and "recon_weight" not in r.to_dict()["stages"]["contrastive"]
+    assert Recipe.from_yaml(r.to_yaml()) == r and old["recon_weight"] == 0.25  # the input is left as it was
+    assert Recipe.from_dict({"stages": {"pretrain": {"steps": 3}}, "recon_weight": 1.0}) == \
+        Recipe.from_dict({"stages": {"pretrain": {"steps": 3}}})
+    with pytest.raises(UsageError, match="recon_weight is given twice, 0.5 at the top and 1.0 in stages.bridged: keep "
+                                         "stages.bridged.recon_weight only"):
+        Recipe.from_dict({"stages": {"bridged": {"recon_weight": 1.0}}, "recon_weight": 0.5})
+
+
+def test_an_override_of_a_moved_setting_names_its_new_keys():
+    with pytest.raises(UsageError, match=r"override 'temperature=0.05': temperature is set per stage now; use "
+                                         r"stages.bridged.temperature=0.05 or stages.contrastive.temperature=0.05"):
+        apply_overrides(Recipe(), ["temperature=0.05"])
+    with pytest.raises(UsageError, match=r"use stages.bridged.recon_weight=0.5$"):
+        apply_overrides(Recipe(), ["recon_weight=0.5"])
+
+
+def test_result_settings_leave_out_what_cannot_change_the_weights():
+    """`save_every` and a disabled LoRA's settings do not make a new result; everything else, the name included,
+    does (compared on the YAML text a digest is taken of)."""
+    import yaml
+
+    def text(r):
+        return yaml.safe_dump(r.result_dict(), sort_keys=False)
+
+    base = apply_overrides(Recipe(), ["stages.contrastive.steps=10"])
+    same = ["stages.contrastive.save_every=5", "lora.target_modules=q_proj", "lora.r=4"]
+    assert all(text(apply_overrides(base, [s])) == text(base) for s in same)
+    assert not base.result_differences(apply_overrides(base, same))
+    other = ["stages.contrastive.steps=11", "stages.contrastive.temperature=0.05", "lora.enabled=true", "name=x",
+             "embed_mask=causal"]
+    assert all(text(apply_overrides(base, [s])) != text(base) for s in other)
+    on = apply_overrides(base, ["lora.enabled=true"])
+    assert on.result_differences(apply_overrides(on, ["lora.r=4"])) == ["lora.r"]

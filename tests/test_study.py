@@ -191,7 +191,7 @@ def _load(tmp_path, cells, **extra):
 def test_a_cells_mask_type_and_lambda_come_from_its_recipe(tmp_path):
     strict = "stages.bridged.mask=eos_bridged_strict"
     config = _load(tmp_path, [{"name": "b", "recipe": BRIDGED, "set": [strict]},
-                              {"name": "m", "recipe": BRIDGED, "set": ["recon_weight=0.5"]},
+                              {"name": "m", "recipe": BRIDGED, "set": ["stages.bridged.recon_weight=0.5"]},
                               {"name": "c", "recipe": CAUSAL, "mask_type": "causal", "recon_weight": 0}],
                    recipe_set=["stages.contrastive.steps=10"])
     assert [(c.mask_type, c.recon_weight) for c in config.cells] == [

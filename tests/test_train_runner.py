@@ -3,6 +3,7 @@ different recipe, and nothing wrong passing silently (NaN losses, no stages, dam
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import analysis.train.runner as runner
 from analysis.cli import main
 from analysis.errors import UsageError
 from analysis.metrics.retrieval import NonFiniteEmbeddings
+from analysis.models import ALL_TINY_BACKBONES
 from analysis.train import Recipe, RecipeMismatch, apply_overrides, load_recipe, train
 from analysis.train.batches import make_batch_fn, prefetch, stage_examples
 from analysis.train.objectives import mask_token_id
@@ -32,7 +34,8 @@ def test_loss_falls_on_a_small_budget(stage, recon_weight, key):
     steps = 30
     recipe = apply_overrides(Recipe(name="fall"), [
         f"stages.{stage}.steps={steps}", f"stages.{stage}.batch_size=8", f"stages.{stage}.lr=2e-3",
-        f"stages.{stage}.warmup_ratio=0.1", "data.batching=mixed", f"recon_weight={recon_weight}", "device=cpu"])
+        f"stages.{stage}.warmup_ratio=0.1", "data.batching=mixed", "device=cpu",
+        *([f"stages.bridged.recon_weight={recon_weight}"] if stage == "bridged" else [])])
     model, processor = runner.build_model(recipe, device=torch.device("cpu"))
     decoder = runner.make_decoder(model, processor) if stage == "warmup" else None
     make = make_batch_fn(recipe, stage, processor, model, mask_token_id(processor.tokenizer))
@@ -126,13 +129,31 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(_recipe("cli").to_yaml())
     code = main(["train", "--recipe", str(path), "--out", str(tmp_path / "o"), "--quiet",
-                 "--set", "stages.warmup=null", "--set", "stages.bridged.steps=1", "--set", "recon_weight=0"])
+                 "--set", "stages.warmup=null", "--set", "stages.bridged.steps=1",
+                 "--set", "stages.bridged.recon_weight=0"])
     assert code == 0
     saved = Recipe.from_yaml((tmp_path / "o" / "recipe.yaml").read_text())
-    assert saved.stages.warmup is None and saved.stages.bridged.steps == 1 and saved.recon_weight == 0
+    assert saved.stages.warmup is None and saved.stages.bridged.steps == 1 and saved.stages.bridged.recon_weight == 0
     assert "ind_overall" in capsys.readouterr().out
-    assert main(["train", "--recipe", str(path), "--out", str(tmp_path / "p"), "--set", "recon_weight=2"]) == 2
-    assert "recon_weight must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["train", "--recipe", str(path), "--out", str(tmp_path / "p"), "--set",
+                 "stages.bridged.recon_weight=2"]) == 2
+    assert "stages.bridged.recon_weight must lie in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backbone", ALL_TINY_BACKBONES)
+def test_default_lora_targets_every_projection_of_the_llm_and_the_vit(backbone):
+    """The released settings put LoRA on the LLM's and the ViT's projections: every Linear inside a decoder layer
+    or a vision block of each backbone family is adapted (found by walking the modules, not from the target list)."""
+    pytest.importorskip("peft")
+    from peft.tuners.lora import LoraLayer
+
+    recipe = _recipe("lora", **{"lora.enabled": "true", "backbone.name": backbone})
+    model, _ = runner.build_model(recipe, device=torch.device("cpu"))
+    blocks = [m for n, m in model.named_modules() if re.search(r"(language_model\.layers|visual\.blocks)\.\d+$", n)]
+    inside = [(n, m) for b in blocks for n, m in b.named_modules()
+              if not any(part == "base_layer" or part.startswith("lora_") for part in n.split("."))]
+    missed = sorted({n for n, m in inside if isinstance(m, torch.nn.Linear)})
+    assert blocks and any(isinstance(m, LoraLayer) for _, m in inside) and not missed, missed
 
 
 def test_lora_backbone_trains_adapters_only(tmp_path):

@@ -162,9 +162,9 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
             mae_ratio = cfg.mae_ratio if cfg.mae_weight > 0 else 0.0  # MAE off: no image token is masked
             return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, mae_ratio, mask_id, gen, limit)}
         out = {}
-        if stage == "bridged" and recipe.recon_weight > 0:
+        if stage == "bridged" and cfg.recon_weight > 0:
             out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)
-        if stage == "contrastive" or recipe.recon_weight < 1:
+        if stage == "contrastive" or cfg.recon_weight < 1:
             rng = random.Random(derived_seed(recipe.seed, stage, step, "negatives"))
             out["pairs"] = pair_batch(processor, model, examples, max_text_tokens=limit,
                                       hard_negatives=recipe.data.hard_negatives, rng=rng)

@@ -2,13 +2,18 @@
 
 A recipe names a backbone (an embedded tiny backbone, optionally widened, or a local Hugging Face
 directory), the stages to run (`warmup`, `bridged`, `contrastive`; each optional, run in that order),
-the recon weight λ, the InfoNCE temperature, the mask used for embedding (`embed_mask`), the seed and
-the device (an optional `pretrain` stage, plain captioning, can run first to make a base
-checkpoint). Parsing is strict: unknown keys and bad values raise `UsageError` (a `ValueError`) listing
-the valid ones.
+each with the settings it uses (stage 2 holds the recon weight λ, the InfoNCE stages their temperature),
+the mask used for embedding (`embed_mask`), the seed and the device (an optional `pretrain` stage, plain
+captioning, can run first to make a base checkpoint). Parsing is strict: unknown keys and bad values raise
+`UsageError` (a `ValueError`) listing the valid ones.
+
+`embed_mask` stays on the recipe, not on a stage: it belongs to the checkpoint (evaluation, captures and
+embedder presets read it), and both InfoNCE stages embed under it. Recipes written before the stage settings
+moved (top-level `recon_weight`, `temperature`, `symmetric`; e.g. the recipe.yaml of an older checkpoint)
+still load: `migrated` moves each key onto the stages that use it.
 
     recipe = Recipe.from_yaml(Path("experiments/recipes/cocoa_bridged.yaml").read_text())
-    recipe = apply_overrides(recipe, ["stages.bridged.steps=100", "recon_weight=0.5"])
+    recipe = apply_overrides(recipe, ["stages.bridged.steps=100", "stages.bridged.recon_weight=0.5"])
     recipe.to_yaml()   # round-trips: Recipe.from_yaml(recipe.to_yaml()) == recipe
 """
 
@@ -36,9 +41,14 @@ SCHEDULES = ("cosine", "linear", "constant")
 BATCHING = ("task", "mixed")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-# LLM projections and ViT projections of Qwen2-VL (fc1/fc2) and Qwen2.5-VL (gate/up/down, qkv/proj).
+RESULT_NEUTRAL = ("save_every",)  # stage keys that do not change the result: a run may resume under others
+# Settings once kept on the recipe, now on the stages that use them (see `migrated`).
+MOVED_TO_STAGES = {"recon_weight": ("bridged",), "temperature": ("bridged", "contrastive"),
+                   "symmetric": ("bridged", "contrastive")}
+# LLM projections and ViT projections of Qwen2-VL (fc1/fc2), Qwen2.5-VL (gate/up/down, qkv/proj) and Qwen3-VL
+# (linear_fc1/linear_fc2, names its patch mergers share).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj", "fc1",
-                "fc2"]
+                "fc2", "linear_fc1", "linear_fc2"]
 
 
 @dataclass
@@ -140,41 +150,40 @@ class WarmupStage(Stage):
             raise UsageError(f"{path}.mae_weight must be >= 0; got {self.mae_weight}")
 
 
-def _check_chunk_size(value: int | None, path: str) -> None:
-    if value is not None:
-        _positive(value, f"{path}.chunk_size")
+@dataclass
+class ContrastiveStage(Stage):
+    """Stage 3: InfoNCE on `[query][EOS]` / `[target][EOS]`, both under the recipe's `embed_mask`, at
+    `temperature` (`symmetric` adds the target -> query direction).
+
+    `chunk_size` (null = off): gradient caching over chunks of that many rows (`analysis.train.gradcache`),
+    e.g. the paper's global batch 1024 on 8 GPUs, 128 rows each, in chunks of 32."""
+
+    temperature: float = 0.02
+    symmetric: bool = False
+    chunk_size: int | None = None
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _positive(self.temperature, f"{path}.temperature")
+        if self.chunk_size is not None:
+            _positive(self.chunk_size, f"{path}.chunk_size")
 
 
 @dataclass
-class BridgedStage(Stage):
-    """Stage 2: `[A][EOS][B]` under `mask`, MNTP on `mntp_prob` of B; mixed with InfoNCE when λ < 1.
-
-    `chunk_size` (null = off) embeds the InfoNCE batch in chunks of that many rows with gradient caching
-    (`analysis.train.gradcache`), so the contrastive batch may exceed memory."""
+class BridgedStage(ContrastiveStage):
+    """Stage 2: `[A][EOS][B]` under `mask`, MNTP on `mntp_prob` of B, weighted by `recon_weight` λ: the stage
+    optimises `λ·L_recon + (1-λ)·L_infonce`, its InfoNCE part set as in a contrastive stage (`temperature`,
+    `symmetric`, `chunk_size`, used only when λ < 1)."""
 
     mask: str = "eos_bridged"
     mntp_prob: float = 0.7
-    chunk_size: int | None = None
+    recon_weight: float = 1.0
 
     def validate(self, path: str) -> None:
         super().validate(path)
         _choice(self.mask, MASK_TYPES, f"{path}.mask")
         _unit(self.mntp_prob, f"{path}.mntp_prob")
-        _check_chunk_size(self.chunk_size, path)
-
-
-@dataclass
-class ContrastiveStage(Stage):
-    """Stage 3: InfoNCE on `[query][EOS]` / `[target][EOS]`, both under the recipe's `embed_mask`.
-
-    `chunk_size` (null = off): gradient caching over chunks of that many rows (`analysis.train.gradcache`),
-    e.g. the paper's global batch 1024 on 8 GPUs, 128 rows each, in chunks of 32."""
-
-    chunk_size: int | None = None
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        _check_chunk_size(self.chunk_size, path)
+        _unit(self.recon_weight, f"{path}.recon_weight", closed=True, low_closed=True)
 
 
 @dataclass
@@ -252,14 +261,11 @@ class Eval:
 
 @dataclass
 class Recipe:
-    """A training run. `recon_weight` is λ in stage 2: `λ·L_recon + (1-λ)·L_infonce`."""
+    """A training run: a backbone, its stages, and what the trained checkpoint embeds with (`embed_mask`)."""
 
     name: str = "recipe"
     backbone: Backbone = field(default_factory=Backbone)
     stages: Stages = field(default_factory=Stages)
-    recon_weight: float = 1.0
-    temperature: float = 0.02
-    symmetric: bool = False
     embed_mask: str = "bidirectional"
     seed: int = 0
     device: str = "auto"
@@ -277,8 +283,6 @@ class Recipe:
             stage = getattr(self.stages, name)
             if stage is not None:
                 stage.validate(f"stages.{name}")
-        _unit(self.recon_weight, "recon_weight", closed=True, low_closed=True)
-        _positive(self.temperature, "temperature")
         _choice(self.embed_mask, EMBED_MASKS, "embed_mask")
         _choice(self.dtype, DTYPES, "dtype")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -296,7 +300,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        return build_strict(cls, data, "recipe", top=True)
+        return build_strict(cls, migrated(data), "recipe", top=True)
 
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
@@ -319,13 +323,50 @@ class Recipe:
         stage-2 mask is never used) the run is contrastive only: (`embed_mask`, 0).
         """
         bridged = self.stages.bridged
-        if bridged is not None and bridged.steps > 0 and self.recon_weight > 0:
-            return bridged.mask, self.recon_weight
+        if bridged is not None and bridged.steps > 0 and bridged.recon_weight > 0:
+            return bridged.mask, bridged.recon_weight
         return self.embed_mask, 0.0
 
-    def differences(self, other: "Recipe") -> list[str]:
-        """Dotted keys whose values differ (for error messages)."""
-        return [k for k, _ in _diff(self.to_dict(), other.to_dict())]
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that decide the trained weights: `to_dict` without the result-neutral keys
+        (`RESULT_NEUTRAL`) and, while LoRA is off, without LoRA's other settings (a new default target list
+        does not make a full fine-tune stale)."""
+        data = self.to_dict()
+        for stage in data["stages"].values():
+            for key in RESULT_NEUTRAL:
+                (stage or {}).pop(key, None)
+        if not self.lora.enabled:
+            data["lora"] = {"enabled": False}
+        return data
+
+    def result_differences(self, other: "Recipe") -> list[str]:
+        """Dotted keys of `result_dict` whose values differ (a run may resume under a recipe that differs elsewhere)."""
+        return [k for k, _ in _diff(self.result_dict(), other.result_dict())]
+
+
+def migrated(data: Any) -> Any:
+    """`data` (a recipe mapping) with the settings of `MOVED_TO_STAGES` moved from the top level onto the stages
+    that use them; a stage that is null or absent drops them (it never read them). A stage that sets the key
+    itself to another value raises `UsageError`."""
+    if not isinstance(data, dict) or not any(key in data for key in MOVED_TO_STAGES):
+        return data
+    data, stages = dict(data), data.get("stages")
+    stages = dict(stages) if isinstance(stages, dict) else stages
+    for key, owners in MOVED_TO_STAGES.items():
+        if key not in data:
+            continue
+        value = data.pop(key)
+        for owner in owners:
+            stage = stages.get(owner) if isinstance(stages, dict) else None
+            if not isinstance(stage, dict):
+                continue
+            if key in stage and stage[key] != value:
+                raise UsageError(f"{key} is given twice, {value!r} at the top and {stage[key]!r} in stages.{owner}: "
+                                 f"keep stages.{owner}.{key} only")
+            stages[owner] = {**stage, key: value}
+    if stages is not None:
+        data["stages"] = stages
+    return data
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -342,7 +383,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 
 def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
-    """`["stages.bridged.steps=100", "recon_weight=0.5", "stages.warmup=null"]` -> a new Recipe.
+    """`["stages.bridged.steps=100", "stages.bridged.recon_weight=0.5", "stages.warmup=null"]` -> a new Recipe.
 
     Values are parsed as YAML scalars and coerced to the field's type (`1e-3` is a float, `null` clears
     an optional field, `a,b` fills a list). Setting a key inside a null stage creates that stage first.
@@ -356,6 +397,9 @@ def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
         node, cls = data, Recipe
         for depth, part in enumerate(parts):
             hints = _hints(cls)
+            if cls is Recipe and part in MOVED_TO_STAGES:
+                raise UsageError(f"override {item!r}: {part} is set per stage now; use "
+                                 + " or ".join(f"stages.{o}.{part}={raw.strip()}" for o in MOVED_TO_STAGES[part]))
             if part not in hints:
                 where = ".".join(parts[:depth]) or "recipe"
                 raise UsageError(f"unknown key {part!r} in {where} (override {item!r}); valid keys: {', '.join(hints)}")

@@ -61,7 +61,6 @@ from analysis.train.objectives import (
 from analysis.train.recipe import Recipe, Stage, load_recipe
 
 STAGE_FILE, HEADS_FILE = "stage.json", "train_heads.safetensors"
-RESULT_NEUTRAL = ("save_every",)  # recipe keys that do not change the result: a run may resume under others
 
 
 class RecipeMismatch(UsageError):
@@ -138,12 +137,9 @@ def bases_dir() -> Path:
 
 
 def result_digest(recipe: Recipe) -> str:
-    """10 hex digits of the recipe's YAML without its result-neutral keys (`save_every` does not make a new base)."""
-    data = recipe.to_dict()
-    for stage in (data.get("stages") or {}).values():
-        for key in RESULT_NEUTRAL:
-            (stage or {}).pop(key, None)
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    """10 hex digits of the recipe's settings that decide its result (`Recipe.result_dict`: `save_every` does not
+    make a new base)."""
+    text = yaml.safe_dump(recipe.result_dict(), sort_keys=False, default_flow_style=None)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -215,11 +211,11 @@ def stage_loss_fn(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None)
     if stage == "warmup":
         return lambda b: warmup_loss(model, decoder, b["warmup"], cfg.mask, cfg.mae_weight)
     if stage == "bridged":
-        return lambda b: bridged_loss(model, b.get("recon"), b.get("pairs"), recipe.recon_weight, cfg.mask,
-                                      recipe.embed_mask, temperature=recipe.temperature, symmetric=recipe.symmetric,
+        return lambda b: bridged_loss(model, b.get("recon"), b.get("pairs"), cfg.recon_weight, cfg.mask,
+                                      recipe.embed_mask, temperature=cfg.temperature, symmetric=cfg.symmetric,
                                       chunk_size=cfg.chunk_size)
-    return lambda b: {"loss": contrastive_loss(model, b["pairs"], recipe.embed_mask, temperature=recipe.temperature,
-                                               symmetric=recipe.symmetric, chunk_size=cfg.chunk_size)}
+    return lambda b: {"loss": contrastive_loss(model, b["pairs"], recipe.embed_mask, temperature=cfg.temperature,
+                                               symmetric=cfg.symmetric, chunk_size=cfg.chunk_size)}
 
 
 def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, batches: Iterable[dict],
@@ -336,11 +332,6 @@ def load_partial(path: Path) -> dict | None:
 
 
 # -- directory bookkeeping --------------------------------------------------------------------------
-def result_differences(recipe: Recipe, held: Recipe) -> list[str]:
-    """The keys in which two recipes differ, result-neutral ones (`RESULT_NEUTRAL`) left out."""
-    return [k for k in recipe.differences(held) if k.rsplit(".", 1)[-1] not in RESULT_NEUTRAL]
-
-
 def _claim(out: Path, recipe: Recipe) -> None:
     """Write recipe.yaml into `out`, or check that the one there is the same recipe."""
     if out.exists() and not out.is_dir():
@@ -348,10 +339,10 @@ def _claim(out: Path, recipe: Recipe) -> None:
     path = out / RECIPE_FILE
     if path.exists():
         held = Recipe.from_yaml(path.read_text())
-        if result_differences(recipe, held):
+        if different := recipe.result_differences(held):
             raise RecipeMismatch(
                 f"{out} holds recipe {held.name!r} ({path}), which differs from recipe {recipe.name!r} in "
-                f"{', '.join(recipe.differences(held))}; choose another --out or delete {out}")
+                f"{', '.join(different)}; choose another --out or delete {out}")
         return
     if out.exists() and any(out.iterdir()):
         raise RecipeMismatch(f"{out} is not empty and holds no {RECIPE_FILE}; refusing to write recipe "
@@ -384,7 +375,7 @@ def is_current(out_dir: str | Path, recipe: Recipe) -> bool:
         return False
     held = Recipe.from_yaml((out / RECIPE_FILE).read_text())
     trained_from = json.loads((out / SCORES_FILE).read_text()).get("base")
-    return not result_differences(recipe, held) and trained_from == base_name(recipe)
+    return not recipe.result_differences(held) and trained_from == base_name(recipe)
 
 
 def check_complete(out: Path) -> None:
