@@ -21,7 +21,7 @@ def captured_image(capture: Capture, i: int) -> Image.Image | None:
         return None
     meta = capture.meta
     try:
-        _, _, stream = samples(meta["dataset"], meta["n"], seed=meta["seed"], with_target=meta.get("with_target",
+        _, _, stream = samples(meta["dataset"], n=meta["n"], seed=meta["seed"], with_target=meta.get("with_target",
                                                                                                    False))
         redrawn = next(islice(stream, i, None), None)
     except Exception:  # noqa: BLE001 - a dataset that cannot be redrawn here: no image, the figure stays bare

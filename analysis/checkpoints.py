@@ -45,7 +45,7 @@ class Opened:
 
     def preset(self, name: str | Preset | None = None) -> Preset:
         """The embedder preset: `name` if given, else the declared one, else `plain` under the recipe's mask."""
-        return preset_for(self.declared, self.recipe, name)
+        return preset_for(self.declared, self.recipe, name=name)
 
     @property
     def trained_with_reconstruction(self) -> bool:

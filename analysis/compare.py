@@ -44,7 +44,7 @@ class Side:
         return cls(run.name, run.capture("probe"), run.capture("flow"), run.checkpoint)
 
     @classmethod
-    def of_paths(cls, capture: str, flow: str, checkpoint: str = "") -> "Side":
+    def of_paths(cls, capture: str, flow: str, *, checkpoint: str = "") -> "Side":
         """A side given by paths (the notebook's parameters); named after the folder holding the capture (a
         study's `captures/<run>/probe`) or the checkpoint."""
         name = Path(checkpoint).name if checkpoint else Path(capture).resolve().parent.name
@@ -55,7 +55,8 @@ def resolve_pair(study_dir: str = "", *, capture_a: str = "", capture_b: str = "
                  checkpoint_a: str = "", checkpoint_b: str = "") -> tuple[Side, Side]:
     """The pair to compare: the given captures when both are set, else the configured pair of `study_dir`."""
     if capture_a and capture_b:
-        return Side.of_paths(capture_a, flow_a, checkpoint_a), Side.of_paths(capture_b, flow_b, checkpoint_b)
+        return (Side.of_paths(capture_a, flow_a, checkpoint=checkpoint_a),
+                Side.of_paths(capture_b, flow_b, checkpoint=checkpoint_b))
     if not study_dir:
         raise UsageError("set capture_a and capture_b (and flow_*, checkpoint_*), or study_dir to a study folder")
     a, b = StudyDir(study_dir).compare_pair()
@@ -85,12 +86,12 @@ def lined_up(a: Capture, b: Capture) -> int:
     return n
 
 
-def attention_pair(sides: tuple[Side, Side], mask: str, layer: int, sample: int, save=None):
+def attention_pair(sides: tuple[Side, Side], mask: str, layer: int, sample: int, *, save=None):
     """The two checkpoints' attention maps of flow sample `sample` at `layer` (heads averaged), side by side,
     image blocks framed."""
     panels = []
     for side in sides:
-        s = Capture.open(side.flow, mask).sample(sample)
+        s = Capture.open(side.flow, mask_type=mask).sample(sample)
         pattern = np.asarray(s.pattern)
         block = attention_layer(layer, len(pattern))
         panels.append(dict(pattern=pattern[block].mean(axis=0), roles=s.token_labels(), image=s.is_image,
@@ -118,7 +119,7 @@ def compare(sides: tuple[Side, Side], mask: str, *, layer: int = -1, sample: int
             out: str | Path | None = None) -> dict:
     """Compare the pair under `mask`: `{"names", "cka" [La+1, Lb+1] (NaN where undefined), "probes" (or
     "skipped"), "figures": {"attention", "cka", "probes"}}`; figures saved into `out` when given."""
-    caps = tuple(Capture.open(s.capture, mask) for s in sides)
+    caps = tuple(Capture.open(s.capture, mask_type=mask) for s in sides)
     n = lined_up(*caps)
     names = (sides[0].name, sides[1].name)
     save = (lambda stem: Path(out) / f"{stem}_{mask}") if out else (lambda stem: None)
@@ -177,7 +178,7 @@ class CompareWidgets:
 
         self.sides, self.attribute, self.out = sides, attribute, out
         masks = capture_masks(pair[0])
-        first = Capture.open(pair[0].flow, masks[0])
+        first = Capture.open(pair[0].flow, mask_type=masks[0])
         n_blocks = first.meta["n_layers"]
         names = list(sides)
         self.a = widgets.Dropdown(options=names, value=pair[0].name, description="checkpoint A")

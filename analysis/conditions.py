@@ -38,6 +38,6 @@ def conditions(directory: str | Path, mask_types: Sequence[str]) -> list[Conditi
     """The conditions of the captures `directory/<mask type>` of `mask_types`, in `mask_types` order."""
     found: dict[str, Condition] = {}
     for mask in mask_types:
-        capture = Capture.open(directory, mask)
+        capture = Capture.open(directory, mask_type=mask)
         found.setdefault(ran_as(capture), Condition(ran_as(capture), capture)).masks.append(mask)
     return list(found.values())

@@ -97,7 +97,7 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
+def broadcast_object(obj: Any, *, src: int = 0) -> Any:
     """Rank `src`'s picklable `obj` on every rank."""
     if not active():
         return obj

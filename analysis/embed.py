@@ -22,10 +22,10 @@ def pooled(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1)
 
 
-def eos_states(model, batch: Batch, mask_type: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+def eos_states(model, batch: Batch, mask_type: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Final-norm embedding states of a batch: `[B, d_model]` (keeps gradients); see `pooled`."""
     dtype = dtype or next(model.parameters()).dtype
-    hidden = model.model(**batch.model_inputs(mask_type, dtype)).last_hidden_state
+    hidden = model.model(**batch.model_inputs(mask_type, dtype=dtype)).last_hidden_state
     return pooled(hidden, batch)
 
 

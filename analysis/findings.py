@@ -58,7 +58,7 @@ class Paired:
         return f"{self.mean:+.3f}{sd} (mean ± sd over {len(self.diffs)} paired seed(s): {per_seed}; {verdict})"
 
 
-def paired(rows: Sequence[Mapping], a: str, b: str, key: str = SCORE) -> Paired | None:
+def paired(rows: Sequence[Mapping], a: str, b: str, *, key: str = SCORE) -> Paired | None:
     """Differences `a - b` of `key` between two cells' score rows (`report.collect_scores`), paired by seed;
     None when the cells share no seed."""
     by_seed = {(r["cell"], r["seed"]): r[key] for r in rows if key in r}
@@ -77,7 +77,7 @@ def within(rows: Sequence[Mapping], cell: str, a: str, b: str) -> Paired | None:
     return Paired(tuple(r["seed"] for r in found), tuple(float(r[a] - r[b]) for r in found))
 
 
-def absorption_layer(curve: Sequence[float], fraction: float = ABSORBED) -> int:
+def absorption_layer(curve: Sequence[float], *, fraction: float = ABSORBED) -> int:
     """The first layer index whose value reaches `fraction` of the curve's maximum (over a baseline of its
     first value): where a probe curve has (mostly) risen."""
     values = np.asarray(curve, dtype=float)

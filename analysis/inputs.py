@@ -42,9 +42,9 @@ class Batch:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
-    def model_inputs(self, mask_type: str, dtype: torch.dtype = torch.float32) -> dict:
+    def model_inputs(self, mask_type: str, *, dtype: torch.dtype = torch.float32) -> dict:
         """Keyword arguments for a Qwen2(.5)-VL forward under `mask_type` (additive 4D mask)."""
-        inputs = dict(input_ids=self.input_ids, attention_mask=additive_mask(self.roles, mask_type, dtype),
+        inputs = dict(input_ids=self.input_ids, attention_mask=additive_mask(self.roles, mask_type, dtype=dtype),
                       position_ids=self.position_ids, mm_token_type_ids=self.mm_token_type_ids)
         if self.pixel_values is not None:
             inputs.update(pixel_values=self.pixel_values.to(dtype), image_grid_thw=self.image_grid_thw)

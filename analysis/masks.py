@@ -78,7 +78,7 @@ def allowed(roles: Sequence[str] | torch.Tensor, mask_type: str) -> torch.Tensor
 
 
 def additive_mask(roles_batch: Sequence[Sequence[str]] | torch.Tensor, mask_type: str,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+                  *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Float `[B, 1, L, L]` (dtype None: float32): 0 where allowed, `torch.finfo(dtype).min` where not (HF
     eager/sdpa form)."""
     import torch

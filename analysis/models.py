@@ -154,7 +154,7 @@ def build_tiny(name: str = "tiny-qwen2.5-vl", *, seed: int = 0, attn_implementat
     return model.eval(), processor
 
 
-def save_checkpoint(model, processor, path: str | Path, extra: dict[str, object] | None = None) -> Path:
+def save_checkpoint(model, processor, path: str | Path, *, extra: dict[str, object] | None = None) -> Path:
     """Write a Hugging Face directory (safetensors + processor); `extra` maps file names to JSON objects."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

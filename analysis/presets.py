@@ -47,7 +47,7 @@ class Prompt:
     default_instruction: str = ""
     image_only: str | None = None  # an image without text, where the family words it apart (LamRA)
 
-    def template(self, has_image: bool, has_text: bool = True) -> str:
+    def template(self, has_image: bool, *, has_text: bool = True) -> str:
         if has_image and not has_text and self.image_only is not None:
             return self.image_only
         return self.with_image if has_image else self.text_only
@@ -107,7 +107,7 @@ class Preset:
         values = {"image": self.image_block if has_image else "",
                   "instruction": instruction or prompt.default_instruction, "text": text}
         out: list[list[str]] = []
-        for literal, slot, _, _ in Formatter().parse(prompt.template(has_image, bool(text))):
+        for literal, slot, _, _ in Formatter().parse(prompt.template(has_image, has_text=bool(text))):
             out.append(["template", literal])
             if slot is None:
                 continue
@@ -257,7 +257,7 @@ def get_preset(name: str | Preset, **options) -> Preset:
     return replace(preset, **options) if options else preset
 
 
-def preset_for(declared: dict, recipe: dict | None, name: str | Preset | None = None) -> Preset:
+def preset_for(declared: dict, recipe: dict | None, *, name: str | Preset | None = None) -> Preset:
     """The preset to embed a checkpoint with: `name` if given, else what the directory declares
     (`preset.json`), else `plain` under the embedding mask of the recipe it was trained with."""
     if name:

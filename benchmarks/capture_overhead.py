@@ -61,7 +61,8 @@ def compare(model, processor, batches: list, rounds: int, device: str = "cpu") -
     def plain(implementation: str):
         model.set_attn_implementation(implementation)
         for batch in batches:
-            model(**batch.model_inputs("causal", dtype), output_attentions=implementation == "eager", logits_to_keep=1)
+            model(**batch.model_inputs("causal", dtype=dtype), output_attentions=implementation == "eager",
+                  logits_to_keep=1)
 
     recorder = Recorder(bridge, patterns="eos")  # as capture() runs it: hooks installed once per run
 
@@ -112,7 +113,7 @@ def tiny_batches(model, processor, n_batches: int, batch_size: int, side: int = 
     """Batches of mini-MMEB image queries, images at side x side (256 image tokens at 448)."""
     big = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=side * side, max_pixels=side * side),
                            tokenizer=processor.tokenizer, video_processor=Qwen2VLVideoProcessor())
-    items = [s.item for s in samples("mini-mmeb", 8 * n_batches * batch_size)[2] if s.item.has_image]
+    items = [s.item for s in samples("mini-mmeb", n=8 * n_batches * batch_size)[2] if s.item.has_image]
     items = items[:n_batches * batch_size]
     return [encode(big, model, items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 

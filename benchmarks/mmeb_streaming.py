@@ -63,7 +63,7 @@ def eager(root: Path, queries: int) -> list:
 
 def lazy(root: Path, queries: int, batch_size: int = 64) -> list:
     """The streaming loader, then one embedding pass's decodes (distinct keys, a batch held at a time)."""
-    (dataset,) = load_mmeb_eval(root, [DATASET], max_queries=queries)
+    (dataset,) = load_mmeb_eval(root, datasets=[DATASET], max_queries=queries)
     distinct = list({c.key: c for ex in dataset.examples for c in ex.candidates}.values())
     for start in range(0, len(distinct), batch_size):
         batch = [it.load_image() for it in distinct[start:start + batch_size]]

@@ -2,7 +2,8 @@
 with a few settings and print IND P@1 (ties split), IND hard / random negatives and OOD, one JSON line each.
 
     .venv/bin/python experiments/lever_sweep.py experiments/recipes/contrastive_bidirectional.yaml runs/sweep \\
-        "stages.contrastive.steps=200" "stages.contrastive.steps=400" "stages.contrastive.steps=200|stages.contrastive.temperature=0.05"
+        "stages.contrastive.steps=200" "stages.contrastive.steps=400" \\
+        "stages.contrastive.steps=200|stages.contrastive.temperature=0.05"
 
 Each argument after the output folder is one setting: `|`-separated recipe overrides (seed 0, 100 queries per
 dataset, as in the default study). A base recipe other than the shipped one is trained once (the recipe's

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     recipes = {}
     for stem in args.recipes:
         for seed in args.seeds:
-            recipe = load_recipe(ROOT / "experiments" / "recipes" / f"{stem}.yaml", [*args.set, f"seed={seed}"])
+            recipe = load_recipe(ROOT / "experiments" / "recipes" / f"{stem}.yaml",
+                                 overrides=[*args.set, f"seed={seed}"])
             recipes[stem] = recipe
             out = Path(args.runs) / stem / f"seed{seed}"
             t0 = time.perf_counter()

@@ -55,12 +55,12 @@ def test_hard_negatives_differ_in_one_attribute():
 def test_ood_split_uses_held_out_combinations():
     rng = random.Random(0)
     for _ in range(200):
-        ind = shapes.sample_scene(rng, "ind")
+        ind = shapes.sample_scene(rng, split="ind")
         assert all((o.colour, o.shape) not in shapes.HELD_OUT for o in ind.objects)
-        ood = shapes.sample_scene(rng, "ood")
+        ood = shapes.sample_scene(rng, split="ood")
         assert (ood.main.colour, ood.main.shape) in shapes.HELD_OUT
     with pytest.raises(ValueError, match="ind, ood"):
-        shapes.sample_scene(rng, "test")
+        shapes.sample_scene(rng, split="test")
 
 
 def test_training_examples_are_ind_and_mixed():
@@ -120,5 +120,5 @@ def test_training_and_evaluation_images_are_disjoint():
     assert len(train) > 1000 and len(evaluation) > 500
     assert not train & evaluation, f"{len(train & evaluation)} evaluation images are also training images"
     rng = random.Random(0)
-    assert all(shapes.is_eval_scene(shapes.sample_scene(rng, "ind")) for _ in range(50))
-    assert not any(shapes.is_eval_scene(shapes.sample_scene(rng, "train")) for _ in range(50))
+    assert all(shapes.is_eval_scene(shapes.sample_scene(rng, split="ind")) for _ in range(50))
+    assert not any(shapes.is_eval_scene(shapes.sample_scene(rng, split="train")) for _ in range(50))

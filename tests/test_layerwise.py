@@ -91,7 +91,7 @@ def test_the_last_layer_through_the_final_norm_scores_the_embedding(captured):
     queries, candidates = captures["causal"]
     norm = final_norm(model)
     np.testing.assert_allclose(norm(queries.eos_states(-1)), queries.embeddings(), atol=2e-5, rtol=1e-5)
-    result = layerwise_retrieval(states_by_key(queries), states_by_key(candidates), datasets, norm)
+    result = layerwise_retrieval(states_by_key(queries), states_by_key(candidates), datasets, norm=norm)
     embedded = dict(zip((r.key for r in candidates.records), candidates.embeddings()))
     for d, record, q in zip(datasets, result["datasets"], np.split(queries.embeddings(), len(datasets))):
         c = np.stack([[embedded[c.key] for c in ex.candidates] for ex in d.examples])

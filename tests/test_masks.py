@@ -47,7 +47,7 @@ def test_no_row_is_empty(mask_type):
 def test_additive_mask_values_and_shape():
     batch = [ROLES, ["A", "EOS", "B", "B", "B", "B"]]
     for dtype in (torch.float32, torch.bfloat16):
-        m = additive_mask(batch, "eos_bridged", dtype)
+        m = additive_mask(batch, "eos_bridged", dtype=dtype)
         assert m.shape == (2, 1, 6, 6) and m.dtype == dtype
         assert torch.equal(m[0, 0] == 0, _matrix(EXPECTED["eos_bridged"]))
         assert set(m.unique().tolist()) == {0.0, torch.finfo(dtype).min}

@@ -85,7 +85,7 @@ def test_loads_mmeb_v1_layout(mmeb_dir):
 
 
 def test_one_item_per_distinct_input_and_loading_decodes_nothing(mmeb_dir, decodes):
-    datasets = load_mmeb_eval(mmeb_dir, ["MSCOCO_t2i", "RefCOCO"])
+    datasets = load_mmeb_eval(mmeb_dir, datasets=["MSCOCO_t2i", "RefCOCO"])
     assert decodes == []
     t2i = datasets[0]
     occurrences = [c for ex in t2i.examples for c in ex.candidates]
@@ -103,12 +103,12 @@ def test_one_item_per_distinct_input_and_loading_decodes_nothing(mmeb_dir, decod
 
 
 def test_max_queries_names_and_image_root(mmeb_dir, tmp_path_factory):
-    (d,) = load_mmeb_eval(mmeb_dir, ["MSCOCO_i2t"], max_queries=2)
+    (d,) = load_mmeb_eval(mmeb_dir, datasets=["MSCOCO_i2t"], max_queries=2)
     assert len(d.examples) == 2
     assert count_queries(mmeb_dir, "MSCOCO_i2t") == 3 and count_queries(mmeb_dir, "MSCOCO_t2i") == 3
     moved = tmp_path_factory.mktemp("elsewhere")
     (mmeb_dir / "eval_images").rename(moved / "images")
-    (d,) = load_mmeb_eval(mmeb_dir, ["RefCOCO"], image_root=moved / "images")
+    (d,) = load_mmeb_eval(mmeb_dir, datasets=["RefCOCO"], image_root=moved / "images")
     assert d.examples[0].query.load_image().size == (32, 24)
 
 
@@ -162,7 +162,7 @@ def test_loads_mmeb_v2_image_layout(tmp_path):
         qry_text="the red one", qry_img_path="img/cat.png", tgt_inst="<|image_1|> Select the portion of the image "
         "that follows the language expressions.", tgt_text=["red one", "blue one"],
         tgt_img_path=["img/cat.png", "img/cat.png"])])
-    cls, t2i, vg = (load_mmeb_eval(tmp_path, [n], version=2)[0]
+    cls, t2i, vg = (load_mmeb_eval(tmp_path, datasets=[n], version=2)[0]
                     for n in ("ImageNet-1K", "VisualNews_t2i", "RefCOCO-Matching"))
     query = cls.examples[0].query
     assert (query.instruction, query.text, query.image_file.endswith("image-tasks/img/cat.png")) == (
@@ -179,6 +179,6 @@ def test_loads_mmeb_v2_image_layout(tmp_path):
     assert a.image_file == b.image_file and a.key != b.key
     with pytest.raises(UsageError, match="record lacks qry_text; MMEB-V2 records need qry_text, tgt_text"):
         _jsonl(tmp_path / "GQA" / "test.jsonl", [dict(qry_inst="q", tgt_text=["a"])])
-        load_mmeb_eval(tmp_path, ["GQA"], version=2)
+        load_mmeb_eval(tmp_path, datasets=["GQA"], version=2)
     with pytest.raises(UsageError, match="unknown MMEB-eval layout version 3"):
         load_mmeb_eval(tmp_path, version=3)

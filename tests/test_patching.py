@@ -58,8 +58,8 @@ def test_the_profile_runs_from_the_target_to_the_source(bridge, batch):
 
 
 def test_mask_patching_recovery(bridge, items):
-    eos = mask_patching(bridge, items, "bidirectional", "causal", "EOS", batch_size=2)
-    everything = mask_patching(bridge, items, "bidirectional", "causal", "all", batch_size=2)
+    eos = mask_patching(bridge, items, "bidirectional", "causal", positions="EOS", batch_size=2)
+    everything = mask_patching(bridge, items, "bidirectional", "causal", positions="all", batch_size=2)
     assert eos["n"] == 3 and eos["n_equal"] == 0 and eos["baseline"] < 1 - 1e-4
     # EOS comes last, so causal attention already lets it read every position: after block 0 its state is
     # the causal one in both runs, and patching it there changes nothing
@@ -71,15 +71,15 @@ def test_mask_patching_recovery(bridge, items):
 
 
 def test_bridged_masks_differ_only_with_a_b_segment(bridge, items):
-    without_b = mask_patching(bridge, items, "eos_bridged", "bidirectional", "EOS")
+    without_b = mask_patching(bridge, items, "eos_bridged", "bidirectional", positions="EOS")
     assert without_b["n_equal"] == 3 and np.isnan(without_b["recovery"]).all()
-    with_b = mask_patching(bridge, items, "eos_bridged", "bidirectional", "EOS", targets=["a red circle"] * 3)
+    with_b = mask_patching(bridge, items, "eos_bridged", "bidirectional", positions="EOS", targets=["a red circle"] * 3)
     assert with_b["n_equal"] == 0 and with_b["recovery"][-1] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_patching_retrieval_runs_from_the_target_runs_score_to_the_source_runs(bridge):
     datasets = build_mini_mmeb(2, tasks=("ShapesObject", "ShapesT2I"), splits=("ind",))
-    result = patching_retrieval(bridge, datasets, "bidirectional", "causal", "all", batch_size=32)
+    result = patching_retrieval(bridge, datasets, "bidirectional", "causal", positions="all", batch_size=32)
     assert len(result["overall"]) == LAYERS and len(result["datasets"]) == 2
     for key in ("overall", "overall_tie_robust"):
         assert result[key][0] == result["target_run"][key]

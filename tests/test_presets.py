@@ -101,7 +101,7 @@ def test_preset_lookup_and_declarations():
     assert get_preset("cocoa", append="<|im_end|>").append == "<|im_end|>"
     assert preset_for({}, {"embed_mask": "causal"}).attention == "causal"
     assert preset_for({"preset": "gme"}, None).name == "gme"
-    assert preset_for({"preset": "gme"}, None, "moca").name == "moca"
+    assert preset_for({"preset": "gme"}, None, name="moca").name == "moca"
     assert set(PRESETS) >= {"plain", "vlm2vec", "moca", "gme", "cocoa", "b3"}
 
 

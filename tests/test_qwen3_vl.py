@@ -169,7 +169,7 @@ def test_training_forward_equals_the_models_own(qwen3):
     model, processor = qwen3
     batch = mixed_batch(processor, model)
     with torch.no_grad():
-        ours = forward_hidden(model, batch, "eos_bridged")
+        ours = forward_hidden(model, batch, mask_type="eos_bridged")
         theirs = model.model(**batch.model_inputs("eos_bridged")).last_hidden_state
     torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
 

@@ -29,7 +29,7 @@ def test_capture_command_on_real_width_checkpoints(realwidth, inputs, tmp_path, 
     argv = ["capture", "--checkpoint", str(realwidth[checkpoint]), "--preset", "vlm2vec", "--data", f"jsonl:{inputs}",
             "--mask", "causal,bidirectional", "--out", str(out)]
     assert main(argv) == 0
-    causal, bidirectional = Capture.open(out, "causal"), Capture.open(out, "bidirectional")
+    causal, bidirectional = Capture.open(out, mask_type="causal"), Capture.open(out, mask_type="bidirectional")
     assert len(causal) == len(bidirectional) == 2
     assert causal.meta["preset"] == "vlm2vec" and causal.meta["d_model"] == 1536
     photo = causal.sample(0)

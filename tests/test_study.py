@@ -171,8 +171,8 @@ def test_capture_begun_under_other_settings_is_redone(quick, tmp_path):
     assert capture_complete(run, dict(spec, data_seed=5)) and not capture_complete(run, spec)
     capture_job(run, spec)  # resuming the seed-5 capture would raise
     assert capture_complete(run, spec)
-    assert Capture.open(run.capture("probe"), "causal").meta["seed"] == spec["data_seed"]
-    with_b = Capture.open(run.capture("probe_b"), "eos_bridged")
+    assert Capture.open(run.capture("probe"), mask_type="causal").meta["seed"] == spec["data_seed"]
+    with_b = Capture.open(run.capture("probe_b"), mask_type="eos_bridged")
     assert with_b.meta["n_with_b"] > 0 and not (run.capture("probe_b") / "causal").exists()
     (run.capture("probe_b") / "eos_bridged" / "index.json").unlink()
     assert not capture_complete(run, spec)  # the B capture counts for completeness

@@ -37,14 +37,14 @@ def _recon(model, processor, mntp_prob=1.0):
     items = [Item("describe the image .", render(s), key=f"s{i}") for i, s in enumerate(SCENES)]
     batch = encode(processor, model, items, ["a large red circle at the top left", "a small blue square"])
     ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, B), mntp_prob, mask_token_id(processor.tokenizer),
-                            torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0))
     batch.input_ids = ids
     embeds = input_embeddings(model, batch).detach().requires_grad_(True)
     return batch, labels, embeds
 
 
 def _a_grad(model, batch, labels, embeds, attention_mask=None, mask_type=None) -> torch.Tensor:
-    hidden = forward_hidden(model, batch, mask_type, attention_mask=attention_mask, inputs_embeds=embeds)
+    hidden = forward_hidden(model, batch, mask_type=mask_type, attention_mask=attention_mask, inputs_embeds=embeds)
     loss = mntp_loss(hidden, labels, model.lm_head)
     (grad,) = torch.autograd.grad(loss, embeds)
     return grad[batch.roles == A]  # [n_A, d]: image pads, vision start/end and prompt text
@@ -172,7 +172,7 @@ def test_mae_masks_whole_merged_tokens_before_the_vision_tower(tiny):
     masked = mask_pixels(batch.pixel_values, tokens, decoder.mask_token)
     rows = tokens.repeat_interleave(4)
     assert (masked[rows] == 7.0).all() and torch.equal(masked[~rows], batch.pixel_values[~rows])
-    hidden = forward_hidden(model, batch, "bidirectional", pixel_values=masked)
+    hidden = forward_hidden(model, batch, mask_type="bidirectional", pixel_values=masked)
     loss = mae_loss(decoder, hidden[batch.is_image], batch.pixel_values, tokens)
     loss.backward()
     assert loss > 0 and decoder.mask_token.grad.abs().sum() > 0  # the mask token went through the tower

@@ -20,13 +20,13 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(int)
 
 
-def digit_image(index: int, size: int = 112) -> Image.Image:
+def digit_image(index: int, *, size: int = 112) -> Image.Image:
     """Digit `index` upsampled to an RGB `size`x`size` image, white on black."""
     images, _ = load_digits()
     return Image.fromarray(images[index], mode="L").resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
 
 
-def image_id(index: int, size: int = 112) -> str:
+def image_id(index: int, *, size: int = 112) -> str:
     """Identity of `digit_image(index, size)`: equal ids, equal pixels."""
     return f"digit[{index}]@{size}"
 

@@ -43,7 +43,7 @@ def _scene_item(scene: shapes.Scene, text: str = "") -> Item:
 
 def _crop_item(image: Image.Image, image_id: str, box: tuple[int, int, int, int]) -> Item:
     crop_id = f"{image_id}/crop({','.join(map(str, box))})@{CROP_SIZE}"
-    return _image_item("", shapes.crop(image, box, CROP_SIZE), crop_id)
+    return _image_item("", shapes.crop(image, box, size=CROP_SIZE), crop_id)
 
 
 def _texts(positive: str, negatives: list[str]) -> list[Item]:
@@ -56,7 +56,7 @@ def _pick(rng: random.Random, options: list[str], exclude: str, k: int = N_NEGAT
 
 
 def _object_cls(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split, n_objects=1)
+    scene = shapes.sample_scene(rng, split=split, n_objects=1)
     m = scene.main
     positive = f"a {m.colour} {m.shape}"
     options = [f"a {c} {m.shape}" for c in COLOURS] + [f"a {m.colour} {s}" for s in SHAPES]
@@ -65,7 +65,7 @@ def _object_cls(rng: random.Random, split: str, negatives: bool) -> Example:
 
 
 def _position_cls(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split, n_objects=1)
+    scene = shapes.sample_scene(rng, split=split, n_objects=1)
     positive = scene.main.position
     negs = _pick(rng, [f"{r} {c}" for r in ROWS for c in COLUMNS], positive) if negatives else []
     return Example(_scene_item(scene, "where is the object ?"), _texts(positive, negs), scene.labels())
@@ -84,14 +84,14 @@ def _digit_cls(rng: random.Random, split: str, negatives: bool) -> Example:
 
 
 def _colour_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split, distinct_shapes=True)
+    scene = shapes.sample_scene(rng, split=split, distinct_shapes=True)
     m = scene.main
     negs = _pick(rng, list(COLOURS), m.colour, k=len(COLOURS) - 1) if negatives else []
     return Example(_scene_item(scene, f"what colour is the {m.shape} ?"), _texts(m.colour, negs), scene.labels())
 
 
 def _where_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split)
+    scene = shapes.sample_scene(rng, split=split)
     m = scene.main
     positive = m.describe(with_position=False)
     options = ([f"a {m.size} {c} {m.shape}" for c in COLOURS] + [f"a {m.size} {m.colour} {s}" for s in SHAPES]
@@ -101,7 +101,7 @@ def _where_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
 
 
 def _count_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split)
+    scene = shapes.sample_scene(rng, split=split)
     positive = NUMBERS[len(scene.objects)]
     negs = _pick(rng, list(NUMBERS[1:9]), positive, k=7) if negatives else []
     return Example(_scene_item(scene, "how many objects are there ?"), _texts(positive, negs), scene.labels())
@@ -109,22 +109,22 @@ def _count_vqa(rng: random.Random, split: str, negatives: bool) -> Example:
 
 def _i2t(hard: bool) -> Callable[[random.Random, str, bool], Example]:
     def make(rng: random.Random, split: str, negatives: bool) -> Example:
-        scene = shapes.sample_scene(rng, split)
+        scene = shapes.sample_scene(rng, split=split)
         draw = shapes.hard_negatives if hard else shapes.random_scenes
-        others = [s.caption() for s in draw(scene, rng, N_NEGATIVES, split)]
+        others = [s.caption() for s in draw(scene, rng, N_NEGATIVES, split=split)]
         return Example(_scene_item(scene, "describe the image ."), _texts(scene.caption(), others if negatives else []),
                        scene.labels())
     return make
 
 
 def _t2i(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split)
-    others = shapes.hard_negatives(scene, rng, N_NEGATIVES, split) if negatives else []
+    scene = shapes.sample_scene(rng, split=split)
+    others = shapes.hard_negatives(scene, rng, N_NEGATIVES, split=split) if negatives else []
     return Example(Item(scene.caption()), [_scene_item(s) for s in [scene, *others]], scene.labels())
 
 
 def _shape_ground(rng: random.Random, split: str, negatives: bool) -> Example:
-    scene = shapes.sample_scene(rng, split, n_objects=rng.randint(2, 3), distinct_shapes=True)
+    scene = shapes.sample_scene(rng, split=split, n_objects=rng.randint(2, 3), distinct_shapes=True)
     m, image = scene.main, shapes.render(scene)
     candidates: list[Item] = []
     shown: set[tuple[str, int, int]] = set()
@@ -166,7 +166,7 @@ def _digit_ground(rng: random.Random, split: str, negatives: bool) -> Example:
     cell = shapes.IMAGE_SIZE // 3
     boxes = [(i * cell, cell, (i + 1) * cell, 2 * cell) for i in range(3)]
     for index, box in zip(chosen, boxes):
-        canvas.paste(digits.digit_image(index, cell), box[:2])
+        canvas.paste(digits.digit_image(index, size=cell), box[:2])
     source = f"digits[{','.join(map(str, chosen))}]@{shapes.IMAGE_SIZE}"
     target = rng.randrange(3)
     candidates = [_crop_item(canvas, source, boxes[target])]
@@ -174,7 +174,7 @@ def _digit_ground(rng: random.Random, split: str, negatives: bool) -> Example:
         candidates += [_crop_item(canvas, source, boxes[i]) for i in range(3) if i != target]
         while len(candidates) < N_NEGATIVES + 1:
             other = int(rng.choice(pool))
-            item = _image_item("", digits.digit_image(other, CROP_SIZE), digits.image_id(other, CROP_SIZE))
+            item = _image_item("", digits.digit_image(other, size=CROP_SIZE), digits.image_id(other, size=CROP_SIZE))
             if labels[other] != labels[chosen[target]] and item.key not in {c.key for c in candidates}:
                 candidates.append(item)
     name = NUMBERS[int(labels[chosen[target]])]

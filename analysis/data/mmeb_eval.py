@@ -203,7 +203,7 @@ def _pairs(record: dict, texts: list[str], where: str) -> list[tuple[str, str]]:
     return list(zip(texts, paths))
 
 
-def load_mmeb_eval(root: str | Path, datasets: list[str] | None = None, *, image_root: str | Path | None = None,
+def load_mmeb_eval(root: str | Path, *, datasets: list[str] | None = None, image_root: str | Path | None = None,
                    max_queries: int | None = None, version: int = 1) -> list[EvalDataset]:
     """The MMEB-eval datasets under `root` (all, or those named), each cut to its first `max_queries` queries.
 

@@ -76,7 +76,7 @@ class Scene:
         return "; ".join(sorted(o.describe() for o in self.objects))
 
 
-def image_id(scene: Scene, size: int = IMAGE_SIZE) -> str:
+def image_id(scene: Scene, *, size: int = IMAGE_SIZE) -> str:
     """Identity of `render(scene, size)`: equal ids, equal pixels."""
     return f"scene[{scene.content}]@{size}"
 
@@ -90,7 +90,7 @@ def _combo_ok(colour: str, shape: str, split: str) -> bool:
     return split == "ood" or (colour, shape) not in HELD_OUT
 
 
-def sample_scene(rng: random.Random, split: str = "ind", *, n_objects: int | None = None,
+def sample_scene(rng: random.Random, *, split: str = "ind", n_objects: int | None = None,
                  distinct_shapes: bool = False) -> Scene:
     """Draw a scene: `train` from the training scenes, `ind` from the evaluation scenes (both without
     held-out combinations), `ood` with a held-out colour-shape combination as main object."""
@@ -147,7 +147,7 @@ def perturb(scene: Scene, rng: random.Random, *, attribute: str | None = None, i
     return Scene(tuple(objects))
 
 
-def hard_negatives(scene: Scene, rng: random.Random, k: int, split: str = "ind") -> list[Scene]:
+def hard_negatives(scene: Scene, rng: random.Random, k: int, *, split: str = "ind") -> list[Scene]:
     """`k` distinct scenes, each differing from `scene` in one attribute of one object."""
     seen = {scene.caption()}
     out: list[Scene] = []
@@ -163,18 +163,18 @@ def hard_negatives(scene: Scene, rng: random.Random, k: int, split: str = "ind")
     return out
 
 
-def random_scenes(scene: Scene, rng: random.Random, k: int, split: str = "ind") -> list[Scene]:
+def random_scenes(scene: Scene, rng: random.Random, k: int, *, split: str = "ind") -> list[Scene]:
     """`k` scenes drawn from `split`, none showing what `scene` shows and no two alike (random negatives)."""
     seen, out = {scene.content}, []
     while len(out) < k:
-        other = sample_scene(rng, split)
+        other = sample_scene(rng, split=split)
         if other.content not in seen:
             seen.add(other.content)
             out.append(other)
     return out
 
 
-def cell_box(obj: ShapeObject, size: int = IMAGE_SIZE) -> tuple[int, int, int, int]:
+def cell_box(obj: ShapeObject, *, size: int = IMAGE_SIZE) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) of the grid cell holding `obj`."""
     cell = size / 3
     left, top = COLUMNS.index(obj.column) * cell, ROWS.index(obj.row) * cell
@@ -182,7 +182,7 @@ def cell_box(obj: ShapeObject, size: int = IMAGE_SIZE) -> tuple[int, int, int, i
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int) -> None:
-    left, top, right, bottom = cell_box(obj, size)
+    left, top, right, bottom = cell_box(obj, size=size)
     cx, cy = (left + right) / 2, (top + bottom) / 2
     r = (right - left) * (0.42 if obj.size == "large" else 0.24)
     fill = RGB[obj.colour]
@@ -200,7 +200,7 @@ def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int) -> None:
         draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
 
 
-def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
+def render(scene: Scene, *, size: int = IMAGE_SIZE) -> Image.Image:
     """RGB image of the scene on a dark background."""
     image = Image.new("RGB", (size, size), (20, 20, 24))
     draw = ImageDraw.Draw(image)
@@ -209,6 +209,6 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     return image
 
 
-def crop(image: Image.Image, box: tuple[int, int, int, int], size: int = 56) -> Image.Image:
+def crop(image: Image.Image, box: tuple[int, int, int, int], *, size: int = 56) -> Image.Image:
     """A region of `image` resized to `size`x`size` (grounding targets)."""
     return image.crop(box).resize((size, size), Image.Resampling.BILINEAR)

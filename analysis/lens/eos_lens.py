@@ -58,7 +58,7 @@ class EosLens:
         normed = torch.as_tensor(self.norm(states), device=self.unembed.device).to(self.unembed.dtype)
         return (normed @ self.unembed.T).float()
 
-    def top_tokens(self, states, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    def top_tokens(self, states, *, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """`(ids, probs)`, each `[N, layers, k]`: the k most likely tokens of states `[N, layers, d]`, best first."""
         out = [torch.topk(self.logits(s).softmax(-1), k) for s in np.asarray(states)]
         return (np.stack([t.indices.cpu().numpy() for t in out]), np.stack([t.values.cpu().numpy() for t in out]))
@@ -72,7 +72,7 @@ class EosLens:
         ranks = 1 + (logits[:, None, :] > chosen[:, :, None]).sum(-1)
         return ranks.cpu().numpy(), chosen.sub(logits.logsumexp(-1, keepdim=True)).cpu().numpy()
 
-    def reconstruction_probe(self, states, targets: Sequence[np.ndarray], k: int = 10) -> dict:
+    def reconstruction_probe(self, states, targets: Sequence[np.ndarray], *, k: int = 10) -> dict:
         """How much of B each layer's EOS state predicts, over states `[N, layers, d]` and B token ids `[T_i]`.
 
         Per layer, means over samples (samples without B tokens left out) of: `logprob` (a sample's mean

@@ -89,7 +89,7 @@ def _attention_modules(model) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def knockout(model, batch: Batch, edges: Sequence[Edge], layers: Sequence[int] | None = None) -> Iterator[None]:
+def knockout(model, batch: Batch, edges: Sequence[Edge], *, layers: Sequence[int] | None = None) -> Iterator[None]:
     """Within the block, forwards of `batch` through `model` run with `edges` cut in `layers` (default all)."""
     modules = _attention_modules(model)
     n = len(modules)
@@ -117,11 +117,11 @@ def knockout(model, batch: Batch, edges: Sequence[Edge], layers: Sequence[int] |
 
 
 def knockout_eos_states(model, batch: Batch, mask_type: str, edges: Sequence[Edge],
-                        layers: Sequence[int] | None = None) -> torch.Tensor:
+                        *, layers: Sequence[int] | None = None) -> torch.Tensor:
     """Final-norm EOS states `[B, d]` with `edges` cut in `layers` (`edges=()` gives `eos_states` exactly)."""
     check_mask_type(mask_type)
     check_batch(_hf(model), batch)
-    with knockout(model, batch, edges, layers):
+    with knockout(model, batch, edges, layers=layers):
         return eos_states(_hf(model), batch, mask_type)
 
 
@@ -150,7 +150,7 @@ def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask
     return result
 
 
-def layer_windows(n_layers: int, width: int, stride: int = 1) -> list[list[int]]:
+def layer_windows(n_layers: int, width: int, *, stride: int = 1) -> list[list[int]]:
     """Sliding windows of `width` consecutive layers, `stride` apart; the last window ends at the last layer."""
     if not 1 <= width <= n_layers or stride < 1:
         raise ValueError(f"need 1 <= width <= {n_layers} layers and stride >= 1; got width {width}, stride {stride}")
@@ -171,7 +171,7 @@ def window_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask_t
     "all_layers": {overall, overall_tie_robust} with the edges cut in every layer}}}`.
     """
     mask_type = mask_type or get_preset(preset).attention
-    windows = layer_windows(len(_attention_modules(model)), width, stride)
+    windows = layer_windows(len(_attention_modules(model)), width, stride=stride)
 
     def score(edges: Sequence[Edge], layers: Sequence[int] | None) -> dict:
         result = evaluate_knockout(model, processor, datasets, mask_type=mask_type, edges=edges, layers=layers,
@@ -201,7 +201,7 @@ KNOCKOUT_CUTS: dict[str, list[Edge]] = {
 
 
 def knockout_table(model, processor, datasets: Sequence[EvalDataset], mask_type: str,
-                   cuts: dict[str, Sequence[Edge]] | None = None) -> dict[str, dict]:
+                   *, cuts: dict[str, Sequence[Edge]] | None = None) -> dict[str, dict]:
     """Each cut of `cuts` (default `KNOCKOUT_CUTS`) in every layer: mini-MMEB P@1 (`evaluate_knockout`) and how
     far the query embeddings move from the intact model's (mean cosine distance, `knockout_effect`).
     `{cut name: {edges, overall, overall_tie_robust, ties, ind, cosine_distance}}`."""

@@ -73,7 +73,7 @@ def run(bridge: TransformerBridge, batch: Batch, mask_type: str, *, patch: dict[
         out["embedding"] = pooled(tensor, batch)
 
     hooked = range(len(names)) if keep_stream else sorted(patch)
-    inputs = batch.model_inputs(mask_type, param.dtype)
+    inputs = batch.model_inputs(mask_type, dtype=param.dtype)
     with bridge.hooks(fwd_hooks=[(names[r], at(r)) for r in hooked] + [("ln_final.hook_out", final)]):
         bridge(inputs.pop("input_ids"), return_type=None, logits_to_keep=1, **inputs)
     return (torch.stack([stream[r] for r in range(len(names))]) if keep_stream else None), out["embedding"]
@@ -81,7 +81,7 @@ def run(bridge: TransformerBridge, batch: Batch, mask_type: str, *, patch: dict[
 
 @torch.no_grad()
 def patched_embeddings(bridge: TransformerBridge, batch: Batch, source: str, target: str,
-                       positions: str = "EOS") -> dict[str, torch.Tensor]:
+                       *, positions: str = "EOS") -> dict[str, torch.Tensor]:
     """Embeddings `[B, d]` of the `source` and `target` runs and `patched` `[layers+1, B, d]`: the target run
     with layer r's residual at `positions` taken from the source run, one run per layer r. Holds the source
     run's residual stream `[layers+1, B, L, d]` meanwhile: size batches for it."""
@@ -107,12 +107,12 @@ def _embed(bridge: TransformerBridge, items: Sequence[Item], source: str, target
         chunk = targets[start:start + batch_size] if targets is not None else None
         batch = encode(processor, model, items[start:start + batch_size], chunk, preset=preset, side=side)
         parts.append({k: v.float().cpu() for k, v in patched_embeddings(bridge, batch, source, target,
-                                                                         positions).items()})
+                                                                         positions=positions).items()})
     return {k: torch.cat([p[k] for p in parts], dim=-2) for k in ("source", "target", "patched")}
 
 
-def mask_patching(bridge: TransformerBridge, items: Sequence[Item], source: str, target: str, positions: str = "EOS",
-                  *, targets: Sequence[str] | None = None, preset: str | Preset = "plain", side: str = "query",
+def mask_patching(bridge: TransformerBridge, items: Sequence[Item], source: str, target: str, *, positions: str = "EOS",
+                  targets: Sequence[str] | None = None, preset: str | Preset = "plain", side: str = "query",
                   batch_size: int = 16) -> dict:
     """The patching profile over `items` (with optional B `targets`): per layer r, means over the inputs of
     `cos_source`, `cos_target` (the patched embedding's cosine to each run's) and `recovery` (NaN-mean over
@@ -131,7 +131,7 @@ def mask_patching(bridge: TransformerBridge, items: Sequence[Item], source: str,
 
 
 def patching_retrieval(bridge: TransformerBridge, datasets: Sequence[EvalDataset], source: str, target: str,
-                       positions: str = "EOS", *, preset: str | Preset = "plain", batch_size: int = 16) -> dict:
+                       *, positions: str = "EOS", preset: str | Preset = "plain", batch_size: int = 16) -> dict:
     """MMEB P@1 of the patched embeddings at every layer r (queries and candidates patched alike, each
     with its side's prompt): `analysis.metrics.layerwise.layerwise_retrieval` over layers r, plus
     `source_run` / `target_run` (`overall`, `overall_tie_robust` of the unpatched runs)."""

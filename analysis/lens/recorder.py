@@ -157,7 +157,7 @@ class Recorder:
         self.stored = {}
         if self.rows:
             self.rows.index, self.rows.rows = self._query_index, {}
-        inputs = batch.model_inputs(mask_type, param.dtype)
+        inputs = batch.model_inputs(mask_type, dtype=param.dtype)
         self.bridge(inputs.pop("input_ids"), return_type=None, logits_to_keep=1, **inputs)
         if self.rows:
             self.stored.update({self.pattern_names[layer]: r for layer, r in self.rows.rows.items()})
@@ -235,7 +235,7 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     the single-process capture sample for sample.
     """
     attention = attention_for(patterns)
-    name, total, stream = samples(dataset, n, seed=seed, with_target=with_target)
+    name, total, stream = samples(dataset, n=n, seed=seed, with_target=with_target)
     model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype=dtype, device=device,
                                                                    seed=seed, base=base, preset=preset,
                                                                    attn_implementation=attention, device_map=device_map)

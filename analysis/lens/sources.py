@@ -77,7 +77,7 @@ def check_data_spec(spec: str) -> str:
     return spec
 
 
-def samples(dataset: str | Sequence, n: int | None = None, *, seed: int = 0,
+def samples(dataset: str | Sequence, *, n: int | None = None, seed: int = 0,
             with_target: bool = False) -> tuple[str, int, Iterator[Sample]]:
     """`(name, count, stream)` for a data spec (see the module docstring) or a list of Examples / EvalDatasets / Items.
 
@@ -131,7 +131,7 @@ def _mmeb_queries(spec: DataSpec, n: int | None) -> list[Sample]:
     out = []
     for name, count in zip(names, counts):
         if count != 0:
-            d = load_mmeb_eval(spec.path, [name], max_queries=count, version=MMEB_VERSION[spec.kind])[0]
+            d = load_mmeb_eval(spec.path, datasets=[name], max_queries=count, version=MMEB_VERSION[spec.kind])[0]
             meta = _meta(d.name, d.split, d.meta_task, d.negatives)
             out += [Sample(ex.query, ex.positive.text, dict(ex.labels), dict(meta)) for ex in d.examples]
     return out
@@ -155,7 +155,7 @@ def load_eval_datasets(spec: str, *, n: int | None = None, seed: int = 0) -> lis
     if parsed.kind == "mini-mmeb":
         return build_mini_mmeb(seed=seed) if n is None else build_mini_mmeb(n, seed=seed)
     if parsed.kind in MMEB_VERSION:
-        return load_mmeb_eval(parsed.path, list(parsed.names) or None, max_queries=n,
+        return load_mmeb_eval(parsed.path, datasets=list(parsed.names) or None, max_queries=n,
                               version=MMEB_VERSION[parsed.kind])
     raise UsageError(f"{spec} has no candidate lists to score; evaluate takes mini-mmeb, mmeb:DIR[:Dataset,...] "
                      f"or mmeb2:DIR[:Dataset,...]")
@@ -180,7 +180,7 @@ def _meta(task: str, split: str, meta_task: str, negatives: str) -> dict[str, ob
 def _shapes(n: int, seed: int) -> Iterator[Sample]:
     rng = random.Random(f"capture:shapes:{seed}")
     for _ in range(n):
-        scene = shapes.sample_scene(rng, "ind")
+        scene = shapes.sample_scene(rng, split="ind")
         item, caption = Item("", shapes.render(scene), key=f"{shapes.image_id(scene)}|"), scene.caption()
         yield Sample(item, caption, scene.labels(), dict(dataset="shapes", split="ind", caption=caption))
 

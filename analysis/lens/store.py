@@ -122,14 +122,9 @@ class CaptureSettings:
                 f"digest {held.checkpoint_digest!r}, now {self.checkpoint_digest!r}): delete {directory} or "
                 f"choose another output directory to start over")
         raise ValueError(
-            f"{directory} holds a capture with {name}={_index_value(held, name)!r}, not {_index_value(self, name)!r}: "
-            f"rerun with the same settings to resume it, or choose another output directory")
-
-
-def _index_value(settings: CaptureSettings, name: str):
-    """A setting as index.json spells it (hooks a list), for messages."""
-    value = getattr(settings, name)
-    return list(value) if name == "hooks" and value is not None else value
+            f"{directory} holds a capture with {name}={held.to_index().get(name)!r}, not "
+            f"{self.to_index().get(name)!r}: rerun with the same settings to resume it, or choose another output "
+            f"directory")
 
 
 @dataclass(frozen=True)
@@ -364,7 +359,7 @@ class Capture:
         self._starts = np.cumsum([0] + [s.n for s in self._shards])
 
     @classmethod
-    def open(cls, path: str | Path, mask_type: str | None = None) -> "Capture":
+    def open(cls, path: str | Path, *, mask_type: str | None = None) -> "Capture":
         """Open a capture directory, or pick `mask_type` from a directory holding one per mask type."""
         path = Path(path)
         if mask_type is not None and (path / mask_type / INDEX).is_file():

@@ -67,7 +67,7 @@ class SegmentMass:
         }
 
 
-def segment_attention(patterns, roles: Sequence[str], segments: Sequence[str | None] | None = None) -> SegmentMass:
+def segment_attention(patterns, roles: Sequence[str], *, segments: Sequence[str | None] | None = None) -> SegmentMass:
     """Role-to-role (or segment-to-segment) attention mass per layer and head.
 
     patterns: ``[layers, heads, q, k]``; a ``[heads, q, k]`` input is one layer (``layers = 1``).
@@ -245,7 +245,7 @@ def merged_grid(image_grid: Sequence[int] | None, n_image_tokens: int) -> tuple[
     return t, h // merge, w // merge
 
 
-def image_rollout(sample: CapturedSample, head_reduce: str = "mean") -> np.ndarray:
+def image_rollout(sample: CapturedSample, *, head_reduce: str = "mean") -> np.ndarray:
     """The EOS row of the attention rollout onto the image tokens of one captured sample, on the image's
     merged patch grid: ``[h, w]`` (frames averaged). The sample needs the full pattern (`patterns="full"`),
     its `is_image` flags and `record.image_grid`."""

@@ -21,7 +21,7 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def alignment(x, y, alpha: float = 2) -> float:
+def alignment(x, y, *, alpha: float = 2) -> float:
     """Alignment (Wang & Isola, 2020): mean ``||x_i - y_i||^alpha`` of L2-normalised positive
     pairs ``x [N, d]``, ``y [N, d]`` (rows are normalised here). Lower is better aligned."""
     x, y = _l2_normalise(_matrix(x, "x")), _l2_normalise(_matrix(y, "y"))
@@ -30,7 +30,7 @@ def alignment(x, y, alpha: float = 2) -> float:
     return float(np.mean(np.linalg.norm(x - y, axis=1) ** alpha))
 
 
-def uniformity(x, t: float = 2) -> float:
+def uniformity(x, *, t: float = 2) -> float:
     """Uniformity (Wang & Isola, 2020): ``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` of the
     L2-normalised rows of ``x [N, d]``. Lower is more uniform on the sphere."""
     x = _l2_normalise(_matrix(x))
@@ -55,7 +55,7 @@ def anisotropy(x) -> float:
     return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
 
 
-def is_constant(x, rtol: float = 1e-6) -> bool:
+def is_constant(x, *, rtol: float = 1e-6) -> bool:
     """Whether every row of ``x [N, d]`` is the same vector (up to ``rtol`` of its scale): a representation
     with no variance across inputs, such as the layer-0 EOS state (the EOS token's embedding for every input)."""
     x = _matrix(x)
@@ -95,7 +95,7 @@ def geometry_summary(x) -> dict:
     return dict(uniformity=uniformity(x), effective_rank=effective_rank(x), anisotropy=anisotropy(x), n=len(x))
 
 
-def principal_components(x, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def principal_components(x, *, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` principal directions of ``x [N, d]`` (column-centred) as rows ``[k, d]`` (unit
     length, sign fixed so the largest entry is positive) and the share of variance each carries ``[k]``."""
     x = _matrix(x)
@@ -106,7 +106,7 @@ def principal_components(x, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return components, (s[:k] ** 2) / max(np.sum(s ** 2), np.finfo(float).tiny)
 
 
-def principal_shift(a, b, k: int = 3) -> dict:
+def principal_shift(a, b, *, k: int = 3) -> dict:
     """How the principal directions move between two checkpoints' states of the same inputs, ``a`` and
     ``b`` ``[N, d]`` ("A Text is Worth Several Tokens", arXiv 2406.17378: an embedder differs from its
     backbone mainly along the first principal component).
@@ -120,8 +120,8 @@ def principal_shift(a, b, k: int = 3) -> dict:
     a, b = _matrix(a, "a"), _matrix(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must hold the same inputs in the same space, got shapes {a.shape} and {b.shape}")
-    pcs_a, var_a = principal_components(a, k)
-    pcs_b, var_b = principal_components(b, k)
+    pcs_a, var_a = principal_components(a, k=k)
+    pcs_b, var_b = principal_components(b, k=k)
     shift = b - a
     energy = max(float(np.sum(shift ** 2)), np.finfo(float).tiny)
     s = np.linalg.svd(shift, compute_uv=False)

@@ -64,7 +64,7 @@ def best_layer(scores: Mapping) -> dict:
 
 
 def layerwise_retrieval(queries: Mapping[str, np.ndarray], candidates: Mapping[str, np.ndarray], datasets: Sequence,
-                        norm: FinalNorm | None = None) -> dict:
+                        *, norm: FinalNorm | None = None) -> dict:
     """MMEB scores at every layer over `datasets` (`EvalDataset`s: each example's query and candidates, by key).
 
     queries / candidates: `{item key: states [layers, d]}` (e.g. a capture's `eos_states()` by record key).

@@ -32,7 +32,7 @@ def _encode(values) -> tuple[np.ndarray, list[Hashable]]:
     return codes, list(index)
 
 
-def control_task(labels: Sequence[Hashable], types: Sequence[Hashable], seed: int = 0) -> np.ndarray:
+def control_task(labels: Sequence[Hashable], types: Sequence[Hashable], *, seed: int = 0) -> np.ndarray:
     """Hewitt & Liang (2019) control labels ``[N]`` (codes of ``labels``' distinct values, in
     first-appearance order): one per distinct type, drawn i.i.d. from the empirical distribution of
     ``labels``, so every sample of a type shares its type's control label."""
@@ -258,7 +258,7 @@ class LayerProbe(BaseEstimator):
         folds = list(splitter.split(np.zeros((len(y), 1)), y, groups))
         tasks = [_Task(rows, y, folds)]
         if self.control:
-            tasks.append(_Task(rows, control_task(y, groups if types is None else types, self.seed), folds))
+            tasks.append(_Task(rows, control_task(y, groups if types is None else types, seed=self.seed), folds))
         return tasks
 
     def _results(self, y: np.ndarray, accuracy: np.ndarray, control: np.ndarray | None = None) -> dict:
@@ -325,7 +325,7 @@ def probe_attributes(states, attributes: Mapping[str, Sequence[Hashable]], *, gr
     return results
 
 
-def mean_pool(states_tokens, roles: Sequence[str] | Sequence[Sequence[str]], role: str = "A") -> np.ndarray:
+def mean_pool(states_tokens, roles: Sequence[str] | Sequence[Sequence[str]], *, role: str = "A") -> np.ndarray:
     """Mean over the positions of one role: the mean-pooled content-token reference embedding.
 
     states_tokens: ``[N, L, d]`` or a list of ``[L_i, d]``; roles: one length-``L`` sequence

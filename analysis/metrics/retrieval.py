@@ -40,7 +40,7 @@ def precision_at_1(query, candidates) -> float:
     return float(np.mean(np.argmax(cosine_scores(query, candidates), axis=1) == 0))
 
 
-def score_candidates(query, candidates, dataset: str = "the dataset") -> dict:
+def score_candidates(query, candidates, *, dataset: str = "the dataset") -> dict:
     """Score query `[Q, d]` against its candidates `[Q, C, d]` (positive at index 0).
 
     Returns `{"score": MMEB-rule P@1, "score_tie_robust": P@1 with ties split evenly, "ties": number of
@@ -80,7 +80,7 @@ def is_degenerate(spread: float) -> bool:
     return spread < DEGENERATE_SPREAD
 
 
-def mmeb_scores(records: Iterable[Mapping], groups: tuple[str, ...] = ("meta_task", "split", "negatives")) -> dict:
+def mmeb_scores(records: Iterable[Mapping], *, groups: tuple[str, ...] = ("meta_task", "split", "negatives")) -> dict:
     """Aggregate per-dataset scores as MMEB does (means over datasets), the tie-robust ones beside them.
 
     `records`: one mapping per dataset with `score` (and, from `score_candidates`, `score_tie_robust` and

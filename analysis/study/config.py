@@ -229,7 +229,7 @@ def _place(cell: Cell, recipe_set: list[str]) -> None:
         raise UsageError(f"{where} names recipe {cell.recipe}, which does not exist (paths are relative to "
                          f"{Path.cwd()})")
     try:
-        recipe = load_recipe(cell.recipe, [*recipe_set, *cell.set])
+        recipe = load_recipe(cell.recipe, overrides=[*recipe_set, *cell.set])
         recipe.require_stages()
     except ValueError as err:
         raise UsageError(f"{where}: {err}") from None

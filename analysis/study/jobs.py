@@ -26,7 +26,7 @@ def train_current(recipe: str, overrides: list[str], run: RunDir) -> bool:
     from analysis.train.recipe import load_recipe
     from analysis.train.runner import is_current
 
-    return is_current(run.checkpoint, load_recipe(recipe, overrides))
+    return is_current(run.checkpoint, load_recipe(recipe, overrides=overrides))
 
 
 def capture_masks(spec: dict) -> dict[str, list[str]]:

@@ -174,7 +174,7 @@ class SubmititLauncher:
         self._threads.shutdown()
 
 
-def make_launcher(spec: LauncherSpec, folder: Path, workers: int, timeout: float | None = None):
+def make_launcher(spec: LauncherSpec, folder: Path, workers: int, *, timeout: float | None = None):
     if spec.kind == "local":
         return LocalLauncher(workers, timeout)
     return SubmititLauncher(spec, Path(spec.folder) if spec.folder else folder, workers, timeout)

@@ -119,13 +119,13 @@ class Study:
         write_report(self.dir, log, self.report_dir)
         return self.outcomes
 
-    def schedule(self, jobs: list[Job], last=None) -> None:
+    def schedule(self, jobs: list[Job], *, last=None) -> None:
         """Run `jobs` and the jobs they lead to, at most the launcher's `slots` at once, earlier steps first;
         then the jobs `last()` returns. Outcomes and per-step times are recorded."""
         if self.stopped:
             return
         launcher = self.launcher or make_launcher(self.config.launcher, self.dir.root / "submitit",
-                                                  self.config.workers, self.config.notebook_timeout)
+                                                  self.config.workers, timeout=self.config.notebook_timeout)
         order = itertools.count()
         ready: list[tuple[int, int, Job]] = []
         running: dict[Future, tuple[Job, float]] = {}

@@ -57,10 +57,10 @@ def bridged_pair(ex: Example) -> tuple[Item, str]:
 
 
 def warmup_batch(processor, model, examples: list[Example], mntp_prob: float, mae_ratio: float, mask_id: int,
-                 generator: torch.Generator, max_text_tokens: int | None = None) -> MaskedBatch:
+                 generator: torch.Generator, *, max_text_tokens: int | None = None) -> MaskedBatch:
     """Warm-up layout with MNTP-masked text and, unless `mae_ratio` is 0, the image tokens MAE masks."""
     batch = encode(processor, model, [warmup_item(ex) for ex in examples], max_text_tokens=max_text_tokens)
-    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, A), mntp_prob, mask_id, generator)
+    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, A), mntp_prob, mask_id, generator=generator)
     batch.input_ids = ids
     mae = None
     if batch.image_grid_thw is not None and mae_ratio > 0:
@@ -70,15 +70,15 @@ def warmup_batch(processor, model, examples: list[Example], mntp_prob: float, ma
 
 
 def recon_batch(processor, model, examples: list[Example], mntp_prob: float, mask_id: int,
-                generator: torch.Generator, max_text_tokens: int | None = None) -> MaskedBatch:
+                generator: torch.Generator, *, max_text_tokens: int | None = None) -> MaskedBatch:
     items, targets = zip(*(bridged_pair(ex) for ex in examples))
     batch = encode(processor, model, list(items), list(targets), max_text_tokens=max_text_tokens)
-    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, B), mntp_prob, mask_id, generator)
+    ids, labels = mntp_mask(batch.input_ids, text_candidates(batch, B), mntp_prob, mask_id, generator=generator)
     batch.input_ids = ids
     return MaskedBatch(batch, labels)
 
 
-def caption_batch(processor, model, examples: list[Example], max_text_tokens: int | None = None) -> MaskedBatch:
+def caption_batch(processor, model, examples: list[Example], *, max_text_tokens: int | None = None) -> MaskedBatch:
     """`[A][EOS][B]` with every B token a label and nothing masked (teacher-forced captioning)."""
     items, targets = zip(*(bridged_pair(ex) for ex in examples))
     batch = encode(processor, model, list(items), list(targets), max_text_tokens=max_text_tokens)
@@ -157,13 +157,14 @@ def make_batch_fn(recipe, stage: str, processor, model, mask_id: int) -> Callabl
         examples = stage_examples(recipe, stage, step, cfg.batch_size)
         gen = torch.Generator().manual_seed(derived_seed(recipe.seed, stage, step, "mask"))
         if stage == "pretrain":
-            return {"recon": caption_batch(processor, model, examples, limit)}
+            return {"recon": caption_batch(processor, model, examples, max_text_tokens=limit)}
         if stage == "warmup":
             mae_ratio = cfg.mae_ratio if cfg.mae_weight > 0 else 0.0  # MAE off: no image token is masked
-            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, mae_ratio, mask_id, gen, limit)}
+            return {"warmup": warmup_batch(processor, model, examples, cfg.mntp_prob, mae_ratio, mask_id, gen,
+                                           max_text_tokens=limit)}
         out = {}
         if stage == "bridged" and cfg.recon_weight > 0:
-            out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, limit)
+            out["recon"] = recon_batch(processor, model, examples, cfg.mntp_prob, mask_id, gen, max_text_tokens=limit)
         if stage == "contrastive" or cfg.recon_weight < 1:
             rng = random.Random(derived_seed(recipe.seed, stage, step, "negatives"))
             out["pairs"] = pair_batch(processor, model, examples, max_text_tokens=limit,
@@ -180,7 +181,7 @@ def _image_tokens(batch: Batch, rows: range, merge: int) -> slice:
     return slice(counts[int(has_image[:rows.start].sum())], counts[int(has_image[:rows.stop].sum())])
 
 
-def local_part(step: dict, rank: int, size: int, merge: int = 4) -> dict:
+def local_part(step: dict, rank: int, size: int, *, merge: int = 4) -> dict:
     """This rank's rows of a global step `{"recon"/"warmup": MaskedBatch, "pairs": PairBatch}` (contiguous blocks).
 
     A PairBatch keeps a block of the queries and one of the targets, and the global `target_keys`: the
@@ -217,7 +218,7 @@ def _concat(a: Batch, b: Batch) -> Batch:
                                  "segment_ids", "pool", "pixel_values", "image_grid_thw")})
 
 
-def prefetch(make: Callable[[int], dict], steps: range, depth: int = 3) -> Iterator[dict]:
+def prefetch(make: Callable[[int], dict], steps: range, *, depth: int = 3) -> Iterator[dict]:
     """Yield `make(step)` for `steps`, built ahead in a background thread (errors re-raised here)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     from analysis.train.recipe import load_recipe
     from analysis.train.runner import SCORES_FILE, train
 
-    recipe = load_recipe(args.recipe, args.set)
+    recipe = load_recipe(args.recipe, overrides=args.set)
     if args.threads:
         import torch
 

@@ -57,7 +57,7 @@ def base_model(model):
 
 
 # -- forward pieces --------------------------------------------------------------------------------
-def input_embeddings(model, batch: Batch, pixel_values: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
+def input_embeddings(model, batch: Batch, *, pixel_values: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
     """Token embeddings with the vision tower's merged image features scattered into the image-pad slots."""
     core = base_model(model).model
     embeds = core.get_input_embeddings()(batch.input_ids)
@@ -68,7 +68,7 @@ def input_embeddings(model, batch: Batch, pixel_values: Tensor | None = None) ->
     return embeds
 
 
-def forward_hidden(model, batch: Batch, mask_type: str | None = None, *, attention_mask: Tensor | None = None,
+def forward_hidden(model, batch: Batch, *, mask_type: str | None = None, attention_mask: Tensor | None = None,
                    pixel_values: Tensor | None = None, inputs_embeds: Tensor | None = None
                    ) -> Float[Tensor, "batch pos d_model"]:
     """Last-layer (final-norm) hidden states under `mask_type` or an explicit additive `attention_mask`.
@@ -80,7 +80,7 @@ def forward_hidden(model, batch: Batch, mask_type: str | None = None, *, attenti
     core = base_model(model).model
     if attention_mask is None:
         dtype = inputs_embeds.dtype if inputs_embeds is not None else next(core.parameters()).dtype
-        attention_mask = additive_mask(batch.roles, mask_type, dtype)
+        attention_mask = additive_mask(batch.roles, mask_type, dtype=dtype)
     if inputs_embeds is not None:
         return core.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=batch.position_ids).last_hidden_state
@@ -92,7 +92,7 @@ def forward_hidden(model, batch: Batch, mask_type: str | None = None, *, attenti
 
 # -- MNTP ------------------------------------------------------------------------------------------
 def mntp_mask(input_ids: Int[Tensor, "batch pos"], candidates: Bool[Tensor, "batch pos"], prob: float, mask_id: int,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+              *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Mask each candidate with probability `prob` (at least one per row that has candidates).
 
     Returns `(masked_ids, labels)`: labels hold the original id at masked positions and IGNORE elsewhere.
@@ -111,7 +111,7 @@ def mntp_mask(input_ids: Int[Tensor, "batch pos"], candidates: Bool[Tensor, "bat
 
 
 def mntp_loss(hidden: Float[Tensor, "batch pos d_model"], labels: Int[Tensor, "batch pos"], lm_head: nn.Module,
-              reduction: str = "mean") -> Tensor:
+              *, reduction: str = "mean") -> Tensor:
     """Cross-entropy of the label at position i predicted from `hidden[:, i-1]` (logits only where needed)."""
     target = labels[:, 1:]
     chosen = target != IGNORE
@@ -171,7 +171,7 @@ def mae_token_mask(image_grid_thw: Int[Tensor, "images 3"], ratio: float, *, mer
 
 
 def mask_pixels(pixel_values: Float[Tensor, "patches patch_dim"], token_mask: Bool[Tensor, " tokens"],
-                mask_token: Float[Tensor, " patch_dim"], merge: int = 4) -> Tensor:
+                mask_token: Float[Tensor, " patch_dim"], *, merge: int = 4) -> Tensor:
     """Replace the `merge` patch rows of every masked merged token by `mask_token` (before the vision tower)."""
     rows = token_mask.to(pixel_values.device).repeat_interleave(merge).unsqueeze(-1)
     return torch.where(rows, mask_token.to(pixel_values.dtype).expand_as(pixel_values), pixel_values)
@@ -267,8 +267,8 @@ def warmup_loss(model, decoder: MAEDecoder, mb: MaskedBatch, mask_type: str, mae
     batch = mb.batch
     pixels = batch.pixel_values
     mae = mae_weight > 0 and pixels is not None and mb.mae_tokens is not None
-    masked_pixels = mask_pixels(pixels, mb.mae_tokens, decoder.mask_token, decoder.merge) if mae else None
-    hidden = forward_hidden(model, batch, mask_type, pixel_values=masked_pixels)
+    masked_pixels = mask_pixels(pixels, mb.mae_tokens, decoder.mask_token, merge=decoder.merge) if mae else None
+    hidden = forward_hidden(model, batch, mask_type=mask_type, pixel_values=masked_pixels)
     out = {"mntp": mntp_loss(hidden, mb.labels, base_model(model).lm_head)}
     out["loss"] = out["mntp"]
     if mae:
@@ -279,7 +279,7 @@ def warmup_loss(model, decoder: MAEDecoder, mb: MaskedBatch, mask_type: str, mae
 
 def recon_loss(model, mb: MaskedBatch, mask_type: str, **forward_kwargs) -> Tensor:
     """Stage 2 reconstruction: MNTP on the masked B tokens of `[A][EOS][B]` under `mask_type`."""
-    hidden = forward_hidden(model, mb.batch, mask_type, **forward_kwargs)
+    hidden = forward_hidden(model, mb.batch, mask_type=mask_type, **forward_kwargs)
     return mntp_loss(hidden, mb.labels, base_model(model).lm_head)
 
 

@@ -369,7 +369,7 @@ def migrated(data: Any) -> Any:
     return data
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, *, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe from YAML (or JSON, a subset of YAML) and apply `key=value` overrides."""
     path = Path(path)
     if not path.is_file():
@@ -434,7 +434,7 @@ def _dataclass_of(hint) -> type | None:
     return None
 
 
-def build_strict(cls, data: Any, path: str, top: bool = False):
+def build_strict(cls, data: Any, path: str, *, top: bool = False):
     """`cls(**data)` for a dataclass, each value coerced to its field's type (nested dataclasses too).
 
     Unknown keys, missing required keys and values of the wrong type raise `UsageError` naming `path` and

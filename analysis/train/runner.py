@@ -143,7 +143,7 @@ def result_digest(recipe: Recipe) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def base_checkpoint(recipe_path: str | Path, progress: bool = True) -> Path:
+def base_checkpoint(recipe_path: str | Path, *, progress: bool = True) -> Path:
     """The final checkpoint of the recipe at `recipe_path`, trained first if it is not cached yet.
 
     Cached as `bases_dir()/<stem>-<hash of the recipe>`, so editing the base recipe makes a new base.
@@ -261,7 +261,7 @@ def run_stage(recipe: Recipe, stage: str, model, decoder: MAEDecoder | None, bat
     with tqdm(total=cfg.steps, initial=first, desc=f"{recipe.name} {stage}", disable=not progress, leave=False,
               mininterval=1.0) as bar:  # closed (and cleared) when a step raises
         for step, batch in enumerate(batches, first):
-            batch = {k: v.to(device) for k, v in local_part(batch, rank, size, merge).items()}
+            batch = {k: v.to(device) for k, v in local_part(batch, rank, size, merge=merge).items()}
             with autocast(device):
                 terms = loss_fn(batch)
             _check_finite(terms["loss"], "loss", recipe, stage, step)
@@ -433,7 +433,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, *, progress: bool = 
           overrides: Iterable[str] = (), log: Callable[[str], None] | None = None) -> Path:
     """Run the recipe's stages into `out_dir` (resuming; idempotent) and score the result. Returns `out_dir`."""
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, list(overrides))
+        recipe = load_recipe(recipe, overrides=list(overrides))
     elif overrides:
         from analysis.train.recipe import apply_overrides
         recipe = apply_overrides(recipe, list(overrides))
