@@ -13,6 +13,7 @@ from analysis.lens import blocked, boot, evaluate_knockout, knockout_eos_states
 from analysis.lens.knockout import group_positions, isolate
 from analysis.masks import EOS, MASK_TYPES, PAD
 from analysis.models import build_tiny
+from analysis.presets import get_preset
 
 
 @pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-qwen2-vl"])
@@ -76,12 +77,20 @@ def test_blocked_edges_follow_groups_and_keep_the_diagonal(two_images):
     assert not cut[0][batch.roles[0] == EOS][:, batch.roles[0] == EOS].any()
 
 
-def test_evaluate_knockout_without_edges_is_evaluate(two_images):
+def test_evaluate_knockout_without_edges_is_evaluate(two_images, monkeypatch):
+    import analysis.lens.knockout as knockout_module
+
     model, processor, _ = two_images
     datasets = build_mini_mmeb(3, tasks=("ShapesObject", "ShapesT2I"), splits=("ind",))
     base = evaluate(model, processor, datasets, mask_type="bidirectional")
     same = evaluate_knockout(model, processor, datasets, mask_type="bidirectional", edges=())
     assert same["datasets"] == base["datasets"] and same["overall"] == base["overall"]
+    seen = []  # no mask given: the states are taken under the preset's own attention, as evaluate does
+    monkeypatch.setattr(knockout_module, "knockout_eos_states", lambda m, b, mask, **kw: seen.append(mask) or
+                        knockout_eos_states(m, b, mask, **kw))
+    preset = get_preset("plain", attention="bidirectional")
+    assert evaluate_knockout(model, processor, datasets, preset=preset)["datasets"] == base["datasets"]
+    assert seen and set(seen) == {"bidirectional"}
     knocked = evaluate_knockout(model, processor, datasets, mask_type="bidirectional", edges=[("EOS", "A")])
     assert knocked["knockout"] == {"edges": [["EOS", "A"]], "layers": None}
 

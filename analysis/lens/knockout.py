@@ -138,11 +138,11 @@ def knockout_embed_items(model, processor, items: Sequence[Item], mask_type: str
                        states_fn=_knocked(edges, layers))
 
 
-def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask_type: str = "causal",
+def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask_type: str | None = None,
                       edges: Sequence[Edge] = (), layers: Sequence[int] | None = None,
                       batch_size: int = 64, preset: str | Preset = "plain") -> dict:
-    """mini-MMEB P@1 with `edges` cut in `layers`, inputs as `preset` embeds them; the same dict as
-    `analysis.evaluate.evaluate`."""
+    """mini-MMEB P@1 with `edges` cut in `layers`, inputs as `preset` embeds them, under `mask_type` (default: the
+    preset's attention, as in `analysis.evaluate.evaluate`, whose dict it returns)."""
     result = evaluate(_hf(model), processor, datasets, mask_type=mask_type, batch_size=batch_size,
                       states_fn=_knocked(edges, layers),
                       preset=preset)
