@@ -31,6 +31,8 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--checkpoint", default="tiny-qwen2.5-vl",
                    help="checkpoint directory (Hugging Face or PEFT adapter) or a tiny backbone name (random init)")
+    p.add_argument("--init-seed", type=int, default=0,
+                   help="random-init seed of a tiny backbone name (--seed draws the data)")
     p.add_argument("--base", default=None, help="base model directory of a PEFT adapter checkpoint")
     p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
                    help=f"embedder preset, one of: {', '.join(PRESETS)} (default: what the checkpoint declares, "

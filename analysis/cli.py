@@ -33,7 +33,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     datasets = load_eval_datasets(args.data, n=args.n, seed=args.seed)
     distributed.init()  # under torchrun / accelerate launch each rank embeds a slice; rank 0 scores and reports
     opened = open_checkpoint(args.checkpoint, dtype=args.dtype, device=distributed.device(args.device),
-                             base=args.base, seed=args.seed, device_map=args.device_map)
+                             base=args.base, seed=args.init_seed, device_map=args.device_map)
     preset = opened.preset(args.preset)
     mask = args.mask or preset.attention
     result = evaluate(opened.model, opened.processor, datasets, mask_type=mask, batch_size=args.batch_size,
@@ -80,7 +80,7 @@ def register(subparsers) -> None:
                     help="queries per dataset (default: 100 for mini-mmeb, all for MMEB-eval); under torchrun spell "
                          "it --n-samples (torchrun takes --n for an abbreviation of its own options)")
     ev.add_argument("--batch-size", type=positive_int, default=32)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="draws the mini-MMEB queries")
     ev.add_argument("--json", default=None, help="also write the scores to this JSON file")
     ev.set_defaults(func=_evaluate)
 

@@ -173,3 +173,24 @@ def test_extra_hooks_and_checkpoint_directories(tmp_path):
     assert cap.hook("blocks.1.hook_resid_mid").shape == (5, 128)
     assert cap.hook("blocks.2.attn.hook_z").shape[0] == 5
     assert cap.labels("digit")[0] is not None and cap.records[0].meta["dataset"] == "digits"
+
+
+def test_the_data_seed_and_the_random_init_seed_are_apart(tmp_path):
+    """`cocoa-lens capture --seed` draws the samples, `--init-seed` initialises a tiny backbone: changing one leaves
+    the other's part of the capture as it was (states compared against a forward of `build_tiny(seed=...)`)."""
+    from analysis.cli import main
+
+    def run(name, *flags):
+        args = ["capture", "--checkpoint", "tiny-qwen2.5-vl", "--data", "shapes", "--n", "3", "--mask", "causal",
+                "--out", str(tmp_path / name), *flags]
+        assert main(args) == 0
+        return Capture.open(tmp_path / name, mask_type="causal")
+
+    base, data, init = run("base"), run("data", "--seed", "4"), run("init", "--init-seed", "4")
+    assert [r.key for r in init.records] == [r.key for r in base.records] != [r.key for r in data.records]
+    assert data.meta["checkpoint"] == base.meta["checkpoint"] != init.meta["checkpoint"]
+    model, processor = build_tiny("tiny-qwen2.5-vl", seed=4)
+    items = [s.item for s in samples("shapes", n=3, seed=0)[2]]
+    with torch.no_grad():
+        expected = eos_states(model, encode(processor, model, items), "causal")
+    np.testing.assert_allclose(init.embeddings(), expected.numpy(), atol=1e-5)

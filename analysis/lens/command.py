@@ -20,7 +20,7 @@ def _capture(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     captures = capture(args.checkpoint, args.data, args.mask, args.out, n=args.n, seed=args.seed,
-                       with_target=args.with_target, patterns=args.patterns, hooks=args.hooks,
+                       init_seed=args.init_seed, with_target=args.with_target, patterns=args.patterns, hooks=args.hooks,
                        batch_size=args.batch_size, shard_size=args.shard_size, dtype=args.dtype,
                        device=distributed.device(args.device), base=args.base, preset=args.preset, side=args.side,
                        progress=True, device_map=args.device_map)
@@ -57,6 +57,6 @@ def register(subparsers) -> None:
     p.add_argument("--hooks", nargs="*", default=[], help="extra hook names to store at the EOS position")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--shard-size", type=positive_int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the samples of generated data")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_capture)

@@ -208,7 +208,7 @@ def run_batch(bridge: TransformerBridge, batch: Batch, mask_type: str, *, patter
 
 
 def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, out_dir: str | Path = "captures", *,
-            n: int | None = None, seed: int = 0, with_target: bool = False, patterns: str = "eos",
+            n: int | None = None, seed: int = 0, init_seed: int = 0, with_target: bool = False, patterns: str = "eos",
             hooks: Sequence[str] = (), batch_size: int = 16, shard_size: int = 512,
             dtype: torch.dtype | str | None = None, device: str | None = None, base: str | Path | None = None,
             preset: str | Preset | None = None, side: str = "query", copy: bool = True,
@@ -216,11 +216,11 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     """Capture `checkpoint` over `dataset` under each mask type into `out_dir/<mask type>/`: `{mask: Capture}`.
 
     checkpoint: a checkpoint directory (full or PEFT adapter, `base` for the adapter's base), a tiny backbone
-        name (random init, `seed`) or `(model, processor)`; `dtype` / `device` apply when loading. A given
+        name (random init, `init_seed`) or `(model, processor)`; `dtype` / `device` apply when loading. A given
         model is deep-copied before booting unless `copy=False` (then it is wrapped in place: see
         `analysis.lens.bridge`).
     dataset: a name or spec ("mini-mmeb", "shapes", "digits", "mmeb:DIR", "jsonl:FILE", "images:DIR"; `n`
-        samples) or a list of Examples / EvalDatasets / Items (see `analysis.lens.sources`).
+        samples drawn with `seed`) or a list of Examples / EvalDatasets / Items (see `analysis.lens.sources`).
     preset: the embedder preset that prompts each input and reads its embedding (default: what the
         checkpoint declares, else `plain`); `side` picks its query or candidate prompt. `mask_types`
         default to the preset's own attention.
@@ -237,7 +237,7 @@ def capture(checkpoint, dataset, mask_types: str | Iterable[str] | None = None, 
     attention = attention_for(patterns)
     name, total, stream = samples(dataset, n=n, seed=seed, with_target=with_target)
     model, processor, checkpoint_name, preset, opened = open_model(checkpoint, dtype=dtype, device=device,
-                                                                   seed=seed, base=base, preset=preset,
+                                                                   seed=init_seed, base=base, preset=preset,
                                                                    attn_implementation=attention, device_map=device_map)
     masks = mask_types.split(",") if isinstance(mask_types, str) else list(mask_types or [preset.attention])
     masks = list(dict.fromkeys(m.strip() for m in masks if m.strip()))
