@@ -21,6 +21,7 @@ from pathlib import Path
 
 from analysis.errors import UsageError
 from analysis.io import read_json
+from analysis.lens.store import INDEX
 
 STUDY_FILE = "study.json"
 TIMINGS_FILE = "timings.json"
@@ -70,7 +71,7 @@ class RunDir:
 
     def capture_indices(self, masks: dict[str, list[str]]) -> list[Path]:
         """The `index.json` of every capture `{kind: mask types}` names (a capture is complete when each says so)."""
-        return [self.capture(kind) / side / m / "index.json" for kind, kinds_masks in masks.items()
+        return [self.capture(kind) / side / m / INDEX for kind, kinds_masks in masks.items()
                 for side in (RETRIEVAL_SIDES if kind == "retrieval" else ("",)) for m in kinds_masks]
 
     def notebook(self, notebook: str) -> Path:

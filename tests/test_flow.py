@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from analysis.lens.store import CapturedSample, SampleRecord
+from analysis.masks import ROLES
 from analysis.metrics.flow import (
-    ROLE_NAMES,
     attention_flow,
     attention_rollout,
     knockout_effect,
@@ -38,7 +38,7 @@ HAND_ROLES = ["A", "A", "EOS", "B", "PAD"]
 
 def test_segment_attention_by_hand():
     seg = segment_attention(HAND_PATTERN[None], HAND_ROLES)  # [heads, q, k]: one layer
-    assert seg.names == ROLE_NAMES
+    assert seg.names == ROLES
     assert seg.mass.shape == (1, 1, 4, 4)
     expected = np.array([
         [0.9, 0.1, 0.0, 0.0],  # A   -> A, EOS, B, PAD
@@ -54,7 +54,7 @@ def test_segment_attention_by_hand():
 def test_segment_attention_image_text_split():
     segments = ["image", "text", None, None, None]
     seg = segment_attention(torch.tensor(HAND_PATTERN)[None, None], HAND_ROLES, segments=segments)
-    assert seg.names == ("image", "text", *ROLE_NAMES)
+    assert seg.names == ("image", "text", *ROLES)
     d = seg.as_dict()
     assert d[("EOS", "image")][0, 0] == pytest.approx(0.1)
     assert d[("EOS", "text")][0, 0] == pytest.approx(0.3)
@@ -92,7 +92,7 @@ def test_bridged_mask_truncates_b_to_a(strict):
 def test_segment_attention_absent_role_is_nan_and_bad_roles_raise():
     p = _softmax_patterns(np.random.default_rng(1), 2, 2, 3)
     seg = segment_attention(p, ["A", "A", "EOS"])
-    assert np.isnan(seg.mass[:, :, ROLE_NAMES.index("B")]).all()
+    assert np.isnan(seg.mass[:, :, ROLES.index("B")]).all()
     with pytest.raises(ValueError, match="unknown roles"):
         segment_attention(p, ["A", "X", "EOS"])
     with pytest.raises(ValueError, match="2 roles for 3 positions"):

@@ -63,7 +63,7 @@ from analysis.presets import SEGMENTS
 
 FORMAT = "cocoa-lens-capture/2"
 PATTERNS = ("eos", "eos+b", "full", "none")  # pattern rows kept: EOS, EOS then B, all, none
-INDEX = "index.json"
+INDEX, RECORDS = "index.json", "records.json"
 SHARD = re.compile(r"^\.?shard-\d{5}(\.tmp)?$")
 BRIDGED = ("eos_bridged", "eos_bridged_strict")
 
@@ -247,7 +247,7 @@ class ShardWriter:
         tmp.mkdir()
         for array_name, array in _shard_arrays(self.buffer).items():
             np.save(tmp / f"{array_name}.npy", array)
-        (tmp / "records.json").write_text(json.dumps([s["record"].to_json() for s in self.buffer]))
+        (tmp / RECORDS).write_text(json.dumps([s["record"].to_json() for s in self.buffer]))
         os.replace(tmp, self.directory / name)
         n_with_b = sum(s["record"].has_b for s in self.buffer)
         self.index["shards"].append({"name": name, "n": len(self.buffer)})
@@ -347,7 +347,7 @@ class _Shard:
 
     @cached_property
     def records(self) -> list[SampleRecord]:
-        return [SampleRecord.from_json(r) for r in json.loads((self.path / "records.json").read_text())]
+        return [SampleRecord.from_json(r) for r in json.loads((self.path / RECORDS).read_text())]
 
 
 class Capture:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import numpy as np
 
+from analysis.masks import ROLES
 from analysis.metrics.arrays import as_numpy
 
 if TYPE_CHECKING:
     from analysis.lens.store import CapturedSample
 
-ROLE_NAMES = ("A", "EOS", "B", "PAD")
 HEAD_REDUCTIONS = ("mean", "max", "min")
 
 # networkx's max-flow algorithms are exact on integers only; capacities are scaled to this grid.
@@ -40,7 +40,7 @@ class SegmentMass:
     mass: ``[layers, heads, n, n]``; ``mass[l, h, r, s]`` is the mean over queries labelled
         ``names[r]`` of their summed attention to keys labelled ``names[s]`` (rows sum to 1 for
         softmax patterns; NaN rows for labels with no position).
-    names: the ``n`` labels: custom segment labels (first-appearance order), then ``ROLE_NAMES``.
+    names: the ``n`` labels: custom segment labels (first-appearance order), then ``ROLES``.
     counts: ``[n]`` number of positions carrying each label.
     """
 
@@ -71,7 +71,7 @@ def segment_attention(patterns, roles: Sequence[str], *, segments: Sequence[str 
     """Role-to-role (or segment-to-segment) attention mass per layer and head.
 
     patterns: ``[layers, heads, q, k]``; a ``[heads, q, k]`` input is one layer (``layers = 1``).
-    roles: length-``q`` sequence of ``ROLE_NAMES``.
+    roles: length-``q`` sequence of ``ROLES``.
     segments: optional length-``q`` labels overriding ``roles`` where not None, e.g.
         ``["image", "image", "text", None, ...]`` to split A into image and text tokens.
     Returns a ``SegmentMass`` with ``mass [layers, heads, n, n]``. B->A is the truncation check:
@@ -85,16 +85,16 @@ def segment_attention(patterns, roles: Sequence[str], *, segments: Sequence[str 
     roles = list(roles)
     if len(roles) != n_pos:
         raise ValueError(f"got {len(roles)} roles for {n_pos} positions")
-    unknown = sorted(set(roles) - set(ROLE_NAMES))
+    unknown = sorted(set(roles) - set(ROLES))
     if unknown:
-        raise ValueError(f"unknown roles {unknown}; roles must be in {ROLE_NAMES}")
+        raise ValueError(f"unknown roles {unknown}; roles must be in {ROLES}")
     labels = roles
     if segments is not None:
         if len(segments) != n_pos:
             raise ValueError(f"got {len(segments)} segments for {n_pos} positions")
         labels = [r if s is None else s for r, s in zip(roles, segments)]
-    custom = [lab for lab in dict.fromkeys(labels) if lab not in ROLE_NAMES]
-    names = (*custom, *ROLE_NAMES)
+    custom = [lab for lab in dict.fromkeys(labels) if lab not in ROLES]
+    names = (*custom, *ROLES)
     onehot = np.array([[lab == name for name in names] for lab in labels], dtype=np.float64)  # [q, n]
     counts = onehot.sum(axis=0)
     to_keys = p @ onehot  # [layers, heads, q, n]: summed attention of each query to each group

@@ -34,7 +34,15 @@ from analysis.data.shapes import HELD_OUT
 from analysis.data.vocabulary import COLOURS, COLUMNS, NUMBERS, ROWS, SHAPES, SIZES
 from analysis.inputs import Batch, encode
 from analysis.masks import A, B
-from analysis.train.objectives import MaskedBatch, PairBatch, base_model, mae_token_mask, mntp_mask, text_candidates
+from analysis.train.objectives import (
+    IGNORE,
+    MaskedBatch,
+    PairBatch,
+    base_model,
+    mae_token_mask,
+    mntp_mask,
+    text_candidates,
+)
 
 
 def derived_seed(*parts: object) -> int:
@@ -82,7 +90,7 @@ def caption_batch(processor, model, examples: list[Example], *, max_text_tokens:
     """`[A][EOS][B]` with every B token a label and nothing masked (teacher-forced captioning)."""
     items, targets = zip(*(bridged_pair(ex) for ex in examples))
     batch = encode(processor, model, list(items), list(targets), max_text_tokens=max_text_tokens)
-    labels = batch.input_ids.masked_fill(batch.roles != B, -100)
+    labels = batch.input_ids.masked_fill(batch.roles != B, IGNORE)
     return MaskedBatch(batch, labels)
 
 
