@@ -37,8 +37,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     preset = opened.preset(args.preset)
     mask = args.mask or preset.attention
     result = evaluate(opened.model, opened.processor, datasets, mask_type=mask, batch_size=args.batch_size,
-                      progress=True, preset=preset,
-                      name=opened.name, split=True)
+                      progress=True, preset=preset, name=opened.name, split=True)
     if not distributed.is_main():
         return 0
     print(f"P@1 of {opened.name} (preset {preset.name}, mask {mask}, data {args.data})")

@@ -49,8 +49,9 @@ def _layers(states: np.ndarray, layers) -> np.ndarray:
     return states if layers == "all" else states[:, list(layers)]
 
 
-def _probe(states, labels, groups, cv, seed, probe_set: ProbeSet) -> ProbeSet:
-    for name, r in probe_attributes(states, labels, groups=groups, cv=cv, seed=seed).items():
+def _filled(probe_set: ProbeSet, results: dict[str, dict]) -> ProbeSet:
+    """`probe_set` holding `probe_attributes`' results, the skipped attributes (with the reason) apart."""
+    for name, r in results.items():
         (probe_set.skipped if "skipped" in r else probe_set.results)[name] = r.get("skipped", r)
     return probe_set
 
@@ -72,15 +73,11 @@ def probe_condition(capture: Capture, attributes: Sequence[str], n: int, *, laye
                                               ("mean-pooled A", "probing_content", "/content_mean",
                                                capture.content_mean()[:n])):
         states = _layers(states, layers)
-        every = _probe(states, labels, groups, cv, seed,
-                       ProbeSet("probes", suffix, states_name, "all", f"{stem}_{{ran}}", n=n))
-        unnamed = _probe(states, hidden, groups, cv, seed,
-                         ProbeSet("probes_label_not_in_text", suffix, states_name, "label not in text",
-                                  f"{stem}_{{ran}}_label_not_in_text", n=n))
-        for kind in ("results", "skipped"):
-            source = {a: getattr(unnamed if a in hidden else every, kind) for a in attributes}
-            setattr(unnamed, kind, {a: source[a][a] for a in attributes if a in source[a]})
-        sets += [every, unnamed]
+        every = probe_attributes(states, labels, groups=groups, cv=cv, seed=seed)
+        unnamed = {**every, **probe_attributes(states, hidden, groups=groups, cv=cv, seed=seed)}  # same order
+        sets += [_filled(ProbeSet("probes", suffix, states_name, "all", f"{stem}_{{ran}}", n=n), every),
+                 _filled(ProbeSet("probes_label_not_in_text", suffix, states_name, "label not in text",
+                                  f"{stem}_{{ran}}_label_not_in_text", n=n), unnamed)]
     return sets, {a: float(flags.mean()) for a, flags in in_text.items()}
 
 
@@ -93,5 +90,5 @@ def probe_with_b(capture: Capture, attributes: Sequence[str], n: int, *, layers=
     labels = {a: [r.labels.get(a) for r in records] for a in attributes}
     probe_set = ProbeSet("probes_with_b", "", "EOS", "all with B", f"probing_curves_with_b_{capture.mask_type}",
                          n=len(with_b))
-    return _probe(_layers(capture.eos_states()[with_b], layers), labels, [group_of(r) for r in records], cv, seed,
-                  probe_set)
+    return _filled(probe_set, probe_attributes(_layers(capture.eos_states()[with_b], layers), labels,
+                                                groups=[group_of(r) for r in records], cv=cv, seed=seed))

@@ -144,8 +144,7 @@ def evaluate_knockout(model, processor, datasets: Sequence[EvalDataset], *, mask
     """mini-MMEB P@1 with `edges` cut in `layers`, inputs as `preset` embeds them, under `mask_type` (default: the
     preset's attention, as in `analysis.evaluate.evaluate`, whose dict it returns)."""
     result = evaluate(_hf(model), processor, datasets, mask_type=mask_type, batch_size=batch_size,
-                      states_fn=_knocked(edges, layers),
-                      preset=preset)
+                      states_fn=_knocked(edges, layers), preset=preset)
     result["knockout"] = {"edges": [list(e) for e in edges], "layers": None if layers is None else list(layers)}
     return result
 

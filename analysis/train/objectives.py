@@ -315,8 +315,7 @@ def bridged_loss(model, recon: MaskedBatch | None, pairs: PairBatch | None, reco
         total = total + recon_weight * out["recon"]
     if recon_weight < 1:
         out["infonce"] = contrastive_loss(model, pairs, embed_mask, temperature=temperature, symmetric=symmetric,
-                                          chunk_size=chunk_size,
-                                          weight=1 - recon_weight)
+                                          chunk_size=chunk_size, weight=1 - recon_weight)
         total = total + (1 - recon_weight) * out["infonce"]
     out["loss"] = total
     return out

@@ -348,23 +348,20 @@ def migrated(data: Any) -> Any:
     """`data` (a recipe mapping) with the settings of `MOVED_TO_STAGES` moved from the top level onto the stages
     that use them; a stage that is null or absent drops them (it never read them). A stage that sets the key
     itself to another value raises `UsageError`."""
-    if not isinstance(data, dict) or not any(key in data for key in MOVED_TO_STAGES):
+    if not isinstance(data, dict) or not MOVED_TO_STAGES.keys() & data.keys():
         return data
-    data, stages = dict(data), data.get("stages")
-    stages = dict(stages) if isinstance(stages, dict) else stages
-    for key, owners in MOVED_TO_STAGES.items():
-        if key not in data:
-            continue
+    data = dict(data)
+    stages = dict(data["stages"]) if isinstance(data.get("stages"), dict) else {}  # else left for build_strict
+    for key in [k for k in MOVED_TO_STAGES if k in data]:
         value = data.pop(key)
-        for owner in owners:
-            stage = stages.get(owner) if isinstance(stages, dict) else None
-            if not isinstance(stage, dict):
-                continue
-            if key in stage and stage[key] != value:
-                raise UsageError(f"{key} is given twice, {value!r} at the top and {stage[key]!r} in stages.{owner}: "
-                                 f"keep stages.{owner}.{key} only")
-            stages[owner] = {**stage, key: value}
-    if stages is not None:
+        for owner in MOVED_TO_STAGES[key]:
+            stage = stages.get(owner)
+            if isinstance(stage, dict):
+                if stage.get(key, value) != value:
+                    raise UsageError(f"{key} is given twice, {value!r} at the top and {stage[key]!r} in "
+                                     f"stages.{owner}: keep stages.{owner}.{key} only")
+                stages[owner] = {**stage, key: value}
+    if stages:
         data["stages"] = stages
     return data
 

@@ -470,8 +470,7 @@ def train(recipe: Recipe | str | Path, out_dir: str | Path, *, progress: bool = 
             say(f"{recipe.name}: resuming stage {stage} at step {first} from {partial}")
         start, cpu = time.perf_counter(), time.process_time()
         curve = run_stage(recipe, stage, model, decoder, prefetch(make, range(first, cfg.steps)), device,
-                          progress=progress,
-                          resume=resume, save_to=partial)
+                          progress=progress, resume=resume, save_to=partial)
         seconds = time.perf_counter() - start + (0.0 if resume is None else resume["seconds"])
         cpu = time.process_time() - cpu
         losses[stage] = curve
@@ -531,8 +530,7 @@ def score(model, processor, recipe: Recipe, *, device: torch.device | None = Non
     start = time.perf_counter()
     with autocast(device or torch.device("cpu")):
         result = evaluate(model, processor, datasets, mask_type=recipe.embed_mask,
-                          batch_size=recipe.eval.batch_size, progress=progress,
-                          name=name, split=True)
+                          batch_size=recipe.eval.batch_size, progress=progress, name=name, split=True)
     ind = mmeb_scores([r for r in result["datasets"] if r["split"] == "ind"], groups=("meta_task", "negatives"))
     result.update(ind_overall=ind["overall"], ind_overall_tie_robust=ind["overall_tie_robust"],
                   ind_meta_task=ind["meta_task"], ind_negatives=ind["negatives"])
